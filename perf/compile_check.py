@@ -1,0 +1,123 @@
+"""Compile every kernel specialization triton_adam can launch, for sm_80 and sm_90, without a GPU.
+
+The Triton interpreter (which the tests use) accepts some programs the compiler rejects and vice
+versa; compiling each specialization for real GPU targets is the cheap second check. CI runs
+it through ``tests/test_compile.py``; run it by hand with::
+
+    python perf/compile_check.py            # prints one line per specialization and target
+
+It must run without ``TRITON_INTERPRET=1`` (under the interpreter ``@triton.jit`` functions are
+not compilable objects). The SASS audit of the performance issue builds on ``specializations``
+and ``compile_specialization``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    sys.exit("perf/compile_check.py compiles kernels: run it without TRITON_INTERPRET=1")
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from triton_adam.kernels import adam  # noqa: E402
+
+TARGETS = {"sm_80": GPUTarget("cuda", 80, 32), "sm_90": GPUTarget("cuda", 90, 32)}
+
+_TRITON_TYPE = {torch.float32: "fp32", torch.float64: "fp64", torch.float16: "fp16",
+                torch.bfloat16: "bf16"}
+
+
+@dataclass(frozen=True)
+class Specialization:
+    """One compiled variant of a kernel: its argument types, constexprs and alignment facts."""
+
+    kernel: object  # the @triton.jit function
+    name: str  # human-readable mode, e.g. "fp32 amsgrad l2"
+    signature: dict  # argument name -> Triton type string ("*fp32", "i32", "constexpr", ...)
+    constexprs: dict  # argument name -> value
+    divisible_by_16: tuple = field(default_factory=tuple)  # args the JIT would mark divisible
+
+    def source(self) -> ASTSource:
+        names = self.kernel.arg_names
+        attrs = {(names.index(a),): [["tt.divisibility", 16]] for a in self.divisible_by_16}
+        return ASTSource(fn=self.kernel, signature=self.signature, constexprs=self.constexprs,
+                         attrs=attrs)
+
+
+def adam_specializations() -> list[Specialization]:
+    """Every variant of the dense update the optimizer can launch.
+
+    Parameter dtype x amsgrad x coupled decay x decoupled decay, each with the element count
+    as a 16-divisible i32 (the common case, where full blocks get vector access) and as an i64
+    with no divisibility (tensors beyond 2^31 elements; odd sizes).
+    """
+    specs = []
+    pointer_args = ["param_ptr", "grad_ptr", "exp_avg_ptr", "exp_avg_sq_ptr",
+                    "max_exp_avg_sq_ptr", "hyper_ptr", "pows_in_ptr", "pows_out_ptr"]
+    for dtype, amsgrad, coupled, decoupled, n_type in itertools.product(
+            (torch.float32, torch.float64), (False, True), (False, True), (False, True),
+            ("i32", "i64")):
+        p_ty = _TRITON_TYPE[dtype]
+        c_ty = _TRITON_TYPE[adam.compute_dtype_for(dtype)]
+        constexprs = adam.kernel_constexprs(amsgrad=amsgrad, coupled_decay=coupled,
+                                            decoupled_decay=decoupled)
+        signature = {
+            "param_ptr": f"*{p_ty}", "grad_ptr": f"*{p_ty}", "exp_avg_ptr": f"*{c_ty}",
+            "exp_avg_sq_ptr": f"*{c_ty}", "max_exp_avg_sq_ptr": f"*{c_ty}",
+            "hyper_ptr": f"*{c_ty}", "pows_in_ptr": f"*{c_ty}", "pows_out_ptr": f"*{c_ty}",
+            "lr": "fp64", "n_elements": n_type,
+            **{k: "constexpr" for k in constexprs},
+        }
+        divisible = tuple(pointer_args) + (("n_elements",) if n_type == "i32" else ())
+        mode = " ".join([p_ty] + ["amsgrad"] * amsgrad + ["coupled-decay"] * coupled
+                        + ["decoupled-decay"] * decoupled + [f"n:{n_type}"])
+        specs.append(Specialization(adam._adam_kernel, f"adam {mode}", signature, constexprs,
+                                    divisible))
+    return specs
+
+
+def specializations() -> list[Specialization]:
+    """All kernel specializations of the library (extended as kernels land)."""
+    return adam_specializations()
+
+
+def compile_specialization(spec: Specialization, target: GPUTarget):
+    """Compile one specialization for one target; returns triton's CompiledKernel."""
+    return triton.compile(spec.source(), target=target,
+                          options={"num_warps": adam.NUM_WARPS})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--target", choices=sorted(TARGETS), action="append",
+                        help="compile for this target only (repeatable; default: all)")
+    args = parser.parse_args(argv)
+    targets = args.target or sorted(TARGETS)
+    failures = 0
+    specs = specializations()
+    for spec in specs:
+        for target_name in targets:
+            start = time.perf_counter()
+            try:
+                compiled = compile_specialization(spec, TARGETS[target_name])
+                status = f"ok  cubin={len(compiled.asm['cubin'])} bytes"
+            except Exception as exc:  # report every failure, then fail the run
+                failures += 1
+                status = f"FAILED: {type(exc).__name__}: {exc}".splitlines()[0]
+            print(f"{target_name}  {spec.name:<48} {status}  "
+                  f"({time.perf_counter() - start:.1f}s)", flush=True)
+    print(f"{len(specs) * len(targets) - failures} compiled, {failures} failed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,13 @@
+"""triton_adam: PaddlePaddle's Adam/AdamW as fused Triton kernels, on PyTorch tensors.
+
+Importing this package imports triton but never touches the CUDA driver. Kernels run compiled
+on CUDA tensors, and on CPU tensors under the Triton interpreter (``TRITON_INTERPRET=1`` set
+before triton is imported).
+"""
+
+from triton_adam import lr
+from triton_adam.optimizer import Adam, AdamW
+from triton_adam.regularizer import L1Decay, L2Decay
+
+__all__ = ["Adam", "AdamW", "L1Decay", "L2Decay", "lr"]
+__version__ = "0.1.0"

@@ -1,0 +1,70 @@
+"""The float64 reference: what one Adam/AdamW step computes, one tensor at a time.
+
+This is the specification every kernel is tested against (``../shared/paddle-adam-semantics.md``
+sections 1 and 2), written for reading rather than speed: plain PyTorch, float64 throughout,
+no in-place tricks, and the algebraic form Paddle's CPU kernel uses (the kernels use the
+equivalent form of Paddle's GPU kernel, so a test also checks that the two forms agree).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class AdamTensorState:
+    """One parameter and its accumulators, all float64."""
+
+    param: torch.Tensor
+    moment1: torch.Tensor
+    moment2: torch.Tensor
+    moment2_max: torch.Tensor | None  # only with amsgrad
+    beta1_pow: float  # beta1^t for the t-th update
+    beta2_pow: float
+
+
+def init_state(param: torch.Tensor, *, beta1: float, beta2: float,
+               amsgrad: bool) -> AdamTensorState:
+    """Fresh state for ``param``: zero moments, pows at beta^1 (Paddle's initial values)."""
+    p = param.detach().to(torch.float64).clone()
+    return AdamTensorState(
+        param=p, moment1=torch.zeros_like(p), moment2=torch.zeros_like(p),
+        moment2_max=torch.zeros_like(p) if amsgrad else None,
+        beta1_pow=float(beta1), beta2_pow=float(beta2))
+
+
+def adam_step(state: AdamTensorState, grad: torch.Tensor, *, lr: float, beta1: float,
+              beta2: float, epsilon: float, lr_scale: float = 1.0, l2: float = 0.0,
+              l1: float = 0.0, weight_decay: float = 0.0) -> AdamTensorState:
+    """One step, returning the new state (the input state is not modified).
+
+    Args:
+        state: the parameter and accumulators before the step.
+        grad: the raw gradient (no decay term added).
+        lr: the step's learning rate; ``lr_scale`` multiplies it (per-parameter learning
+            rate, AdamW's ``lr_ratio``).
+        beta1, beta2, epsilon: Adam's hyper-parameters.
+        l2, l1: coupled decay coefficients (``L2Decay``, ``L1Decay``), added to the gradient.
+        weight_decay: decoupled (AdamW) coefficient, applied to the pre-update parameter.
+    """
+    p = state.param
+    g = grad.detach().to(torch.float64)
+    lr = lr * lr_scale
+
+    # Regularization: a new gradient, the sum of the raw one and the decay terms.
+    g = g + l2 * p + l1 * torch.sign(p)
+    # AdamW: decay the parameter itself, scaled by the learning rate, before the update.
+    p = p - lr * weight_decay * p
+
+    m = beta1 * state.moment1 + (1 - beta1) * g
+    v = beta2 * state.moment2 + (1 - beta2) * g * g
+    vmax = None if state.moment2_max is None else torch.maximum(state.moment2_max, v)
+    lr_t = lr * (1 - state.beta2_pow) ** 0.5 / (1 - state.beta1_pow)
+    eps_t = epsilon * (1 - state.beta2_pow) ** 0.5
+    p = p - lr_t * m / (torch.sqrt(v if vmax is None else vmax) + eps_t)
+
+    return AdamTensorState(param=p, moment1=m, moment2=v, moment2_max=vmax,
+                           beta1_pow=state.beta1_pow * beta1,
+                           beta2_pow=state.beta2_pow * beta2)
