@@ -311,3 +311,28 @@ def test_state_dict_empty_before_first_step_and_paddle_dtypes():
     assert all(v.dtype == torch.float64 for v in state.values())
     assert state["param_0_beta1_pow_acc_0"].shape == (1,)
     np.testing.assert_allclose(state["param_0_beta2_pow_acc_0"].numpy(), [0.999 ** 2])
+
+
+def test_adamw_lr_ratio_matches_reference():
+    """lr_ratio (Paddle: GPU only) scales both the decay and the update, per parameter."""
+    from triton_adam import reference
+
+    params = make_params(3, torch.float64)
+    ratio = {id(p): r for p, r in zip(params, (0.5, 1.0, 3.0))}
+    coeff = float(np.float32(0.1))  # Paddle's float32 attribute
+    opt = triton_adam.AdamW(0.01, parameters=params, weight_decay=0.1, amsgrad=True,
+                            lr_ratio=lambda p: ratio[id(p)])
+    refs = [reference.init_state(p, beta1=0.9, beta2=0.999, amsgrad=True) for p in params]
+    for step in range(4):
+        for i, p in enumerate(params):
+            p.grad = torch.randn_like(p)
+            refs[i] = reference.adam_step(refs[i], p.grad, lr=0.01, beta1=0.9, beta2=0.999,
+                                          epsilon=1e-8, lr_scale=ratio[id(p)],
+                                          weight_decay=coeff)
+        opt.step()
+    for p, ref in zip(params, refs):
+        torch.testing.assert_close(p.detach(), ref.param, rtol=1e-12, atol=1e-12)
+    state = opt.state_dict()
+    for i, ref in enumerate(refs):
+        torch.testing.assert_close(state[f"param_{i}_moment2_max_0"], ref.moment2_max,
+                                   rtol=1e-12, atol=1e-12)

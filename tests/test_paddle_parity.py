@@ -267,6 +267,7 @@ def test_scheduler_driven_run_matches_paddle(make_scheduler):
     psched, tsched = make_scheduler(paddle.optimizer.lr), make_scheduler(triton_adam.lr)
     popt = paddle.optimizer.Adam(psched, parameters=pp)
     topt = triton_adam.Adam(tsched, parameters=tp)
+    assert topt.state_dict() == popt.state_dict()  # only 'LR_Scheduler' before a step
     lrs = set()
     for g in grads:
         assert topt.get_lr() == popt.get_lr()
@@ -276,5 +277,6 @@ def test_scheduler_driven_run_matches_paddle(make_scheduler):
         psched.step()
         tsched.step()
     assert len(lrs) > 3  # the schedule really changed the learning rate
+    assert topt.state_dict()["LR_Scheduler"] == popt.state_dict()["LR_Scheduler"]
     for p_pd, p_t in zip(pp, tp):
         np.testing.assert_allclose(p_t.detach().numpy(), p_pd.numpy(), **TOL["float64"])

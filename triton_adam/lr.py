@@ -734,20 +734,8 @@ class StepDecay(LRScheduler):
         return self.base_lr * self.gamma ** (self.last_epoch // self.step_size)
 
 
-class LambdaDecay(LRScheduler):
-    r"""Scale the initial rate by a user function of the epoch.
-
-    .. math:: lr_t = learning\_rate \cdot \lambda(t)
-
-    Args:
-        learning_rate: initial rate.
-        lr_lambda: function of the epoch returning the factor.
-        last_epoch: see :class:`LRScheduler`.
-        verbose: see :class:`LRScheduler`.
-
-    Raises:
-        TypeError: ``lr_lambda`` is not callable.
-    """
+class _UserFactorScheduler(LRScheduler):
+    """Base of the schedulers driven by a user function ``lr_lambda(epoch) -> factor``."""
 
     lr_lambda: Callable[[int], float]
 
@@ -761,11 +749,27 @@ class LambdaDecay(LRScheduler):
         _require(
             callable(lr_lambda),
             TypeError,
-            "The type of 'lr_lambda' in 'LambdaDecay' must be 'function', "
+            f"The type of 'lr_lambda' in '{type(self).__name__}' must be 'function', "
             f"but received {type(lr_lambda)}.",
         )
         self.lr_lambda = lr_lambda
         super().__init__(learning_rate, last_epoch, verbose)
+
+
+class LambdaDecay(_UserFactorScheduler):
+    r"""Scale the initial rate by a user function of the epoch.
+
+    .. math:: lr_t = learning\_rate \cdot \lambda(t)
+
+    Args:
+        learning_rate: initial rate.
+        lr_lambda: function of the epoch returning the factor.
+        last_epoch: see :class:`LRScheduler`.
+        verbose: see :class:`LRScheduler`.
+
+    Raises:
+        TypeError: ``lr_lambda`` is not callable.
+    """
 
     def get_lr(self) -> float:
         """Return ``base_lr * lr_lambda(last_epoch)``."""
@@ -992,7 +996,7 @@ class CosineAnnealingDecay(LRScheduler):
         return _half_cosine(self.eta_min, self.base_lr, self.last_epoch, self.T_max)
 
 
-class MultiplicativeDecay(LRScheduler):
+class MultiplicativeDecay(_UserFactorScheduler):
     r"""Multiply the rate by a user factor at every epoch.
 
     .. math:: lr_t = learning\_rate \cdot \prod_{k=1}^{t} \lambda(k)
@@ -1008,24 +1012,6 @@ class MultiplicativeDecay(LRScheduler):
     Raises:
         TypeError: ``lr_lambda`` is not callable.
     """
-
-    lr_lambda: Callable[[int], float]
-
-    def __init__(
-        self,
-        learning_rate: float,
-        lr_lambda: Callable[[int], float],
-        last_epoch: int = -1,
-        verbose: bool = False,
-    ) -> None:
-        _require(
-            callable(lr_lambda),
-            TypeError,
-            "The type of 'lr_lambda' in 'MultiplicativeDecay' must be 'function', "
-            f"but received {type(lr_lambda)}.",
-        )
-        self.lr_lambda = lr_lambda
-        super().__init__(learning_rate, last_epoch, verbose)
 
     def get_lr(self) -> float:
         """Return ``base_lr`` times the factors of epochs ``1 .. last_epoch``."""

@@ -232,14 +232,16 @@ class _AdamBase:
         self._state[id(param)] = state
         return state
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
+    def state_dict(self) -> dict[str, torch.Tensor | dict]:
         """The accumulators under Paddle's keys, ``{param_name}_{[name_]}{acc}_0``.
 
-        Empty before the first step. Moments are the live tensors; the pows are views of the
-        slot current at the time of the call: take the dict and save it before the next step.
+        Empty before the first step, but for ``'LR_Scheduler'`` (the scheduler's own
+        ``state_dict()``) when a scheduler drives the learning rate. Moments are the live
+        tensors; the pows are views of the slot current at the time of the call: take the
+        dict and save it before the next step.
         """
         infix = f"{self._name}_" if self._name else ""
-        out: dict[str, torch.Tensor] = {}
+        out: dict[str, torch.Tensor | dict] = {}
         for index, param in enumerate(self._parameter_list):
             state = self._state.get(id(param))
             if state is None:
@@ -251,6 +253,8 @@ class _AdamBase:
                 out[f"{prefix}{MOMENT2_MAX}_0"] = state.moment2_max
             out[f"{prefix}{BETA1_POW}_0"] = state.beta_pow(0)
             out[f"{prefix}{BETA2_POW}_0"] = state.beta_pow(1)
+        if isinstance(self._learning_rate, LRScheduler):
+            out["LR_Scheduler"] = self._learning_rate.state_dict()
         return out
 
     # -------------------------------------------------------------------------------- step
@@ -399,7 +403,9 @@ class AdamW(_AdamBase):
     Args:
         weight_decay: the decay coefficient, a float or int (default 0.01).
         lr_ratio: ``lr_ratio(param) -> float`` scales the learning rate per parameter
-            (Paddle implements it on GPUs only; here it works on every device).
+            (Paddle implements it on GPUs only; here it works on every device). It is called
+            once per parameter, at its first step, and the ratio kept on the device; Paddle
+            calls it at every step, which only differs for a ratio that changes over time.
         apply_decay_param_fun: ``f(param_name) -> bool``; parameters for which it returns
             False are not decayed. Names are ``param.name`` or ``param_{index}``.
         The other arguments are as in ``Adam``.
