@@ -336,3 +336,32 @@ def test_adamw_lr_ratio_matches_reference():
     for i, ref in enumerate(refs):
         torch.testing.assert_close(state[f"param_{i}_moment2_max_0"], ref.moment2_max,
                                    rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(),
+    dict(amsgrad=True, weight_decay=triton_adam.L1Decay(0.01)),
+    dict(beta1=torch.tensor([0.9]), beta2=torch.tensor([0.99]), epsilon=torch.tensor([1e-8])),
+], ids=["adam", "amsgrad-l1", "tensor-hypers"])
+def test_step_makes_no_host_sync(monkeypatch, kwargs):
+    """Nothing in step() reads a tensor back to the host (each would stall a GPU)."""
+    params = make_params(3)
+    sched = triton_adam.lr.StepDecay(0.1, step_size=1)
+    opt = triton_adam.Adam(sched, parameters=params, **kwargs)
+    calls = []
+    for method in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__",
+                   "nonzero"):
+        original = getattr(torch.Tensor, method)
+
+        def counting(self, *a, _original=original, _method=method, **k):
+            calls.append(_method)
+            return _original(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, method, counting)
+    for _ in range(3):
+        for p in params:
+            p.grad = torch.ones_like(p)
+        opt.step()
+        sched.step()
+    monkeypatch.undo()
+    assert calls == []
