@@ -158,8 +158,11 @@ def _adam_kernel(
                     l2, l1, wd, AMSGRAD, COUPLED_DECAY, DECOUPLED_DECAY)
 
     if pid == 0:
-        tl.store(pows_out_ptr + 0, beta1_pow * beta1)
-        tl.store(pows_out_ptr + 1, beta2_pow * beta2)
+        # Re-read (from cache) rather than keep the pows and betas live across the block body:
+        # holding them made ptxas spill on sm_90 (fp32 amsgrad + decoupled decay).
+        tl.store(pows_out_ptr + 0, tl.load(pows_in_ptr + 0) * tl.load(hyper_ptr + 1))
+        tl.store(pows_out_ptr + 1, tl.load(pows_in_ptr + 1) * tl.load(hyper_ptr + 2))
+
 
 
 def compute_dtype_for(param_dtype: torch.dtype) -> torch.dtype:

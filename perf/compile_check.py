@@ -7,8 +7,9 @@ it through ``tests/test_compile.py``; run it by hand with::
     python perf/compile_check.py            # prints one line per specialization and target
 
 It must run without ``TRITON_INTERPRET=1`` (under the interpreter ``@triton.jit`` functions are
-not compilable objects). The SASS audit of the performance issue builds on ``specializations``
-and ``compile_specialization``.
+not compilable objects). The SASS audit (``perf/audit.py``) builds on ``specializations`` and
+``compile_specialization``: a new kernel or mode is one more builder in ``specializations``,
+and both tools pick it up.
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ class Specialization:
     signature: dict  # argument name -> Triton type string ("*fp32", "i32", "constexpr", ...)
     constexprs: dict  # argument name -> value
     divisible_by_16: tuple = field(default_factory=tuple)  # args the JIT would mark divisible
+    num_warps: int = field(kw_only=True)  # as the launcher passes it
+    # What the SASS audit (perf/audit.py) needs to turn instructions into bytes per element:
+    elements_per_program: int = field(kw_only=True)
+    floor_mode: str = field(kw_only=True)  # the row of perf/floors.py FLOORS to meet
 
     def source(self) -> ASTSource:
         names = self.kernel.arg_names
@@ -80,8 +85,10 @@ def adam_specializations() -> list[Specialization]:
         divisible = tuple(pointer_args) + (("n_elements",) if n_type == "i32" else ())
         mode = " ".join([p_ty] + ["amsgrad"] * amsgrad + ["coupled-decay"] * coupled
                         + ["decoupled-decay"] * decoupled + [f"n:{n_type}"])
-        specs.append(Specialization(adam._adam_kernel, f"adam {mode}", signature, constexprs,
-                                    divisible))
+        specs.append(Specialization(
+            adam._adam_kernel, f"adam {mode}", signature, constexprs, divisible,
+            num_warps=adam.NUM_WARPS, elements_per_program=constexprs["BLOCK"],
+            floor_mode=p_ty + " amsgrad" * amsgrad))
     return specs
 
 
@@ -93,7 +100,7 @@ def specializations() -> list[Specialization]:
 def compile_specialization(spec: Specialization, target: GPUTarget):
     """Compile one specialization for one target; returns triton's CompiledKernel."""
     return triton.compile(spec.source(), target=target,
-                          options={"num_warps": adam.NUM_WARPS})
+                          options={"num_warps": spec.num_warps})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,55 @@
+"""How many bytes per parameter must one optimizer step move, per mode, and how many do the peers move?
+
+The floor is each input read once and each output written once
+(``../shared/performance-method.md`` section 1). Every performance instrument divides by these
+numbers: the SASS audit compares the compiled kernel with them, the GPU benchmark turns times
+into GB/s with them, the plot draws them. A new mode (bf16 + master weights, global-norm
+clipping) is one more row in ``FLOORS``; a new peer is one more row in ``PEER_GRAD_PASSES``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Floor:
+    """Bytes per parameter a step of one mode must read and write, at the least."""
+
+    read: int
+    write: int
+    grad_bytes: int  # bytes of one gradient element: what each extra pass over g costs
+
+    @property
+    def total(self) -> int:
+        return self.read + self.write
+
+
+# mode -> floor. Decay variants (L1/L2, AdamW) move no extra bytes: they map to their
+# dtype's row. Rows to add with their issues: "bf16 master" Floor(14, 14, 2) (g 2, master,
+# m, v 12 read; master, m, v 12 and p 2 written), and "+ clip" rows that read g once more.
+FLOORS: dict[str, Floor] = {
+    "fp32": Floor(read=16, write=12, grad_bytes=4),  # p, g, m, v / p, m, v
+    "fp32 amsgrad": Floor(read=20, write=16, grad_bytes=4),  # + vmax / + vmax
+    "fp64": Floor(read=32, write=24, grad_bytes=8),
+    "fp64 amsgrad": Floor(read=40, write=32, grad_bytes=8),
+}
+
+# Peer -> extra passes over the gradient on top of the single-pass update.
+# torch.optim.Adam(fused=True) is itself single-pass; clip_grad_norm_ reads g for the norm,
+# then reads and writes it again to scale it: 3 more passes (performance-method.md section 1).
+PEER_GRAD_PASSES: dict[str, int] = {
+    "torch Adam fused": 0,
+    "clip_grad_norm_ + torch Adam fused": 3,
+}
+
+
+def floor_bytes(mode: str) -> int:
+    """The floor in bytes per parameter of ``mode`` (a ``FLOORS`` key)."""
+    return FLOORS[mode].total
+
+
+def peer_bytes(peer: str, mode: str) -> int:
+    """Bytes per parameter ``peer`` moves for one step of ``mode``."""
+    floor = FLOORS[mode]
+    return floor.total + PEER_GRAD_PASSES[peer] * floor.grad_bytes

@@ -1,0 +1,84 @@
+"""The SASS audit: every specialization at its floor, 16-byte accesses, no spills; and the audit
+itself catches a kernel that loses its vector access.
+
+The audit compiles kernels, so it runs in a subprocess without TRITON_INTERPRET (this session
+interprets them).
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+ENV = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+
+# (target, mode) -> what is wrong, for defects found by the audit and reported, not yet fixed.
+# Strict xfail: once fixed, the test fails until the entry is removed.
+KNOWN_DEFECTS: dict = {}  # (target, mode) -> reason, for a strict xfail
+
+
+@pytest.fixture(scope="module")
+def audit(tmp_path_factory):
+    out = tmp_path_factory.mktemp("audit")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "perf" / "audit.py"), "--json", str(out / "audit.json"),
+         "--plot", str(out / "bytes.png")],
+        env=ENV, capture_output=True, text=True, timeout=1800)
+    assert (out / "audit.json").exists(), result.stdout[-4000:] + result.stderr[-4000:]
+    return result, json.loads((out / "audit.json").read_text()), out
+
+
+def test_audit_covers_every_specialization_and_plots(audit):
+    result, report, out = audit
+    rows = report["rows"]
+    assert len(rows) == 2 * 32, len(rows)  # 32 dense-update variants x sm_80, sm_90
+    assert {r["target"] for r in rows} == {"sm_80", "sm_90"}
+    assert (out / "bytes.png").stat().st_size > 10_000
+    # exit status 1 exactly when some row fails, and the failures are printed
+    assert result.returncode == (1 if report["failed"] else 0), result.stderr[-4000:]
+    assert report["failed"] == sum(bool(r["violations"]) for r in rows)
+
+
+def _rows():
+    # one test id per specialization and target, without compiling at collection time
+    from itertools import product
+    dtypes, flags = ("fp32", "fp64"), (False, True)
+    for dtype, ams, coupled, decoupled, n, target in product(
+            dtypes, flags, flags, flags, ("i32", "i64"), ("sm_80", "sm_90")):
+        mode = " ".join(["adam", dtype] + ["amsgrad"] * ams + ["coupled-decay"] * coupled
+                        + ["decoupled-decay"] * decoupled + [f"n:{n}"])
+        marks = ([pytest.mark.xfail(strict=True, reason=KNOWN_DEFECTS[(target, mode)])]
+                 if (target, mode) in KNOWN_DEFECTS else [])
+        yield pytest.param(target, mode, marks=marks, id=f"{target}-{mode}")
+
+
+@pytest.mark.parametrize("target,mode", list(_rows()))
+def test_specialization_at_floor_vectorized_no_spills(audit, target, mode):
+    rows = {(r["target"], r["mode"]): r for r in audit[1]["rows"]}
+    row = rows[(target, mode)]
+    assert row["load_bytes_per_element"] == row["floor_load"], row
+    assert row["store_bytes_per_element"] == row["floor_store"], row
+    assert row["narrowest_access"] == row["widest_access"] == 16, row
+    assert row["per_program_load_bytes"] > 0  # the hyper row and pows are found, apart
+    assert row["registers"] > 0
+    assert row["violations"] == [], row["violations"]
+
+
+def test_audit_flags_a_kernel_without_vector_access():
+    """Negative control: without the JIT's 16-divisibility facts every access is scalar."""
+    code = (
+        "import dataclasses, tempfile, audit, compile_check\n"
+        "spec = compile_check.specializations()[0]\n"
+        "spec = dataclasses.replace(spec, divisible_by_16=())\n"
+        "with tempfile.TemporaryDirectory() as d:\n"
+        "    row = audit.audit(spec, 'sm_90', d)\n"
+        "print(row['widest_access'], row['load_bytes_per_element'], row['violations'])\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT / "perf", env=ENV,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stdout.startswith("4 16.0 "), result.stdout
+    assert "not all 16-byte vectors" in result.stdout
