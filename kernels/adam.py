@@ -33,6 +33,8 @@ Design notes, for the issues that build on this kernel:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import triton
 import triton.language as tl
@@ -180,9 +182,11 @@ def kernel_constexprs(*, amsgrad: bool, coupled_decay: bool, decoupled_decay: bo
     )
 
 
-def _check(cond: bool, message: str) -> None:
+def _check(cond: bool, message: Callable[[], str]) -> None:
+    # The message is built only on failure: these checks run on every launch, and formatting
+    # a dozen f-strings per tensor was most of the launcher's host time.
     if not cond:
-        raise ValueError(f"adam_update_: {message}")
+        raise ValueError(f"adam_update_: {message()}")
 
 
 def adam_update_(
@@ -215,28 +219,28 @@ def adam_update_(
         decoupled_decay: AdamW's ``p -= lr * lr_scale * wd * p``.
     """
     cdtype = compute_dtype_for(param.dtype)
-    _check(param.dtype in (torch.float32, torch.float64),
+    _check(param.dtype in (torch.float32, torch.float64), lambda:
            f"param dtype {param.dtype} is not float32 or float64")
-    _check(grad.dtype == param.dtype, f"grad dtype {grad.dtype} != param dtype {param.dtype}")
-    _check(grad.shape == param.shape, f"grad shape {tuple(grad.shape)} != param shape "
+    _check(grad.dtype == param.dtype, lambda: f"grad dtype {grad.dtype} != param dtype {param.dtype}")
+    _check(grad.shape == param.shape, lambda: f"grad shape {tuple(grad.shape)} != param shape "
            f"{tuple(param.shape)}")
     states = [("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq), ("hyper", hyper),
               ("pows_in", pows_in), ("pows_out", pows_out)]
     if max_exp_avg_sq is not None:
         states.append(("max_exp_avg_sq", max_exp_avg_sq))
     for name, t in [("param", param), ("grad", grad)] + states:
-        _check(t.device == param.device, f"{name} is on {t.device}, param on {param.device}")
-        _check(t.is_contiguous(), f"{name} is not contiguous")
+        _check(t.device == param.device, lambda: f"{name} is on {t.device}, param on {param.device}")
+        _check(t.is_contiguous(), lambda: f"{name} is not contiguous")
     for name, t in states:
-        _check(t.dtype == cdtype, f"{name} dtype {t.dtype} != compute dtype {cdtype}")
+        _check(t.dtype == cdtype, lambda: f"{name} dtype {t.dtype} != compute dtype {cdtype}")
     for name, t in [("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq),
                     ("max_exp_avg_sq", max_exp_avg_sq)]:
         if t is not None:
-            _check(t.numel() == param.numel(), f"{name} has {t.numel()} elements, param "
+            _check(t.numel() == param.numel(), lambda: f"{name} has {t.numel()} elements, param "
                    f"{param.numel()}")
-    _check(hyper.numel() >= HYPER_WIDTH, f"hyper has {hyper.numel()} < {HYPER_WIDTH} values")
-    _check(pows_in.numel() >= 2 and pows_out.numel() >= 2, "pows need 2 values each")
-    _check(pows_in.data_ptr() != pows_out.data_ptr(), "pows_in and pows_out must differ")
+    _check(hyper.numel() >= HYPER_WIDTH, lambda: f"hyper has {hyper.numel()} < {HYPER_WIDTH} values")
+    _check(pows_in.numel() >= 2 and pows_out.numel() >= 2, lambda: "pows need 2 values each")
+    _check(pows_in.data_ptr() != pows_out.data_ptr(), lambda: "pows_in and pows_out must differ")
 
     n = param.numel()
     # At least one program, so the pows advance also for an empty tensor.
