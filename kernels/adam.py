@@ -60,6 +60,81 @@ HYPER_WIDTH = 8  # padded to 8 so consecutive rows of a table stay 16-byte align
 # specialization of the pointer.
 POW_SLOT_WIDTH = 4
 
+# The multi-tensor kernel's tables. A row of the int64 tensor table describes one tensor of a
+# bucket; a row of the int32 chunk table is one program's work: a chunk of one tensor.
+TABLE_WIDTH = 8  # int64 columns per tensor (64 bytes: rows stay aligned, room to grow)
+COL_PARAM_ADDR = 0  # data_ptr() of the param
+COL_GRAD_ADDR = 1  # data_ptr() of the gradient (0 when the tensor is inactive this step)
+COL_NUMEL = 2  # elements of the param
+COL_STATE_OFFSET = 3  # where the tensor's region starts in the bucket's flat state buffers
+COL_ACTIVE = 4  # 1 if the tensor is updated this step (its pows advance), else 0
+# Every tensor's region of a flat state buffer starts at a multiple of 16 elements, so it is
+# 16-byte aligned (64 B in fp32) and the kernel can promise so with tl.multiple_of.
+STATE_ALIGN = 16
+# A program updates one block of one tensor (a chunk is a block): no loop, so every program
+# is the dense kernel's program, and the SASS audit can read it. The chunk table costs 8 bytes
+# per 1024 elements (55 MB for 7B parameters, against 56 GB of moments), built once.
+CHUNK_SIZE = BLOCK_SIZE
+# Tensors whose pows one program advances in the pow pass of the multi-tensor kernel.
+POW_BLOCK = 128
+
+# The same constants as seen from @triton.jit code (compiled kernels may read only constexpr
+# globals).
+_HYPER_WIDTH = tl.constexpr(HYPER_WIDTH)
+_POW_SLOT_WIDTH = tl.constexpr(POW_SLOT_WIDTH)
+_TABLE_WIDTH = tl.constexpr(TABLE_WIDTH)
+_COL_PARAM_ADDR = tl.constexpr(COL_PARAM_ADDR)
+_COL_GRAD_ADDR = tl.constexpr(COL_GRAD_ADDR)
+_COL_NUMEL = tl.constexpr(COL_NUMEL)
+_COL_STATE_OFFSET = tl.constexpr(COL_STATE_OFFSET)
+_COL_ACTIVE = tl.constexpr(COL_ACTIVE)
+_STATE_ALIGN = tl.constexpr(STATE_ALIGN)
+
+
+
+@triton.jit
+def _step_scalars(hyper_row_ptr, pows_in_row_ptr, lr, compute_dtype: tl.constexpr):
+    """The per-tensor scalars of a step, read once per program (shared by every kernel)."""
+    lr_scale = tl.load(hyper_row_ptr + 0)
+    beta1 = tl.load(hyper_row_ptr + 1)
+    beta2 = tl.load(hyper_row_ptr + 2)
+    eps = tl.load(hyper_row_ptr + 3)
+    l2 = tl.load(hyper_row_ptr + 4)
+    l1 = tl.load(hyper_row_ptr + 5)
+    wd = tl.load(hyper_row_ptr + 6)
+    beta1_pow = tl.load(pows_in_row_ptr + 0)
+    beta2_pow = tl.load(pows_in_row_ptr + 1)
+    # Scalars once per program; the per-element work is then multiplies and one divide.
+    lr_t = (lr * lr_scale).to(compute_dtype)
+    step_size = lr_t / (1.0 - beta1_pow)
+    inv_sqrt_bc2 = 1.0 / tl.sqrt(1.0 - beta2_pow)
+    return lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd
+
+
+@triton.jit
+def _adam_math(p, g, m, v, vmax, lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd,
+               AMSGRAD: tl.constexpr, COUPLED_DECAY: tl.constexpr,
+               DECOUPLED_DECAY: tl.constexpr):
+    """The update of a block of values already loaded in the compute dtype: the one copy of
+    the math, used by the dense, multi-tensor and sparse-row kernels. Returns (p, m, v, vmax);
+    ``vmax`` is passed through unchanged unless AMSGRAD."""
+    if COUPLED_DECAY:
+        # Paddle adds the regularizer's term to a new gradient tensor before the update.
+        sign_p = tl.where(p > 0, 1.0, tl.where(p < 0, -1.0, 0.0)).to(p.dtype)
+        g = g + l2 * p + l1 * sign_p
+    if DECOUPLED_DECAY:
+        p = p - lr_t * wd * p
+
+    m = beta1 * m + (1.0 - beta1) * g
+    v = beta2 * v + (1.0 - beta2) * g * g
+    if AMSGRAD:
+        vmax = tl.maximum(vmax, v)
+        denom = tl.sqrt(vmax) * inv_sqrt_bc2 + eps
+    else:
+        denom = tl.sqrt(v) * inv_sqrt_bc2 + eps
+    p = p - step_size * (m / denom)
+    return p, m, v, vmax
+
 
 @triton.jit
 def _adam_block(
@@ -89,24 +164,14 @@ def _adam_block(
     g = tl.load(grad_ptr + offs, mask=mask).to(compute_dtype)
     m = tl.load(exp_avg_ptr + offs, mask=mask)
     v = tl.load(exp_avg_sq_ptr + offs, mask=mask)
-
-    if COUPLED_DECAY:
-        # Paddle adds the regularizer's term to a new gradient tensor before the update.
-        sign_p = tl.where(p > 0, 1.0, tl.where(p < 0, -1.0, 0.0)).to(compute_dtype)
-        g = g + l2 * p + l1 * sign_p
-    if DECOUPLED_DECAY:
-        p = p - lr_t * wd * p
-
-    m = beta1 * m + (1.0 - beta1) * g
-    v = beta2 * v + (1.0 - beta2) * g * g
     if AMSGRAD:
-        vmax = tl.maximum(tl.load(max_exp_avg_sq_ptr + offs, mask=mask), v)
-        tl.store(max_exp_avg_sq_ptr + offs, vmax, mask=mask)
-        denom = tl.sqrt(vmax) * inv_sqrt_bc2 + eps
+        vmax = tl.load(max_exp_avg_sq_ptr + offs, mask=mask)
     else:
-        denom = tl.sqrt(v) * inv_sqrt_bc2 + eps
-    p = p - step_size * (m / denom)
-
+        vmax = v  # unused
+    p, m, v, vmax = _adam_math(p, g, m, v, vmax, lr_t, step_size, inv_sqrt_bc2, beta1, beta2,
+                               eps, l2, l1, wd, AMSGRAD, COUPLED_DECAY, DECOUPLED_DECAY)
+    if AMSGRAD:
+        tl.store(max_exp_avg_sq_ptr + offs, vmax, mask=mask)
     tl.store(exp_avg_ptr + offs, m, mask=mask)
     tl.store(exp_avg_sq_ptr + offs, v, mask=mask)
     tl.store(param_ptr + offs, p.to(param_ptr.dtype.element_ty), mask=mask)
@@ -133,21 +198,8 @@ def _adam_kernel(
     pid = tl.program_id(0).to(tl.int64)  # int64: ranges beyond 2^31 elements exist
     block_start = pid * BLOCK
     offs = block_start + tl.arange(0, BLOCK)
-
-    lr_scale = tl.load(hyper_ptr + 0)
-    beta1 = tl.load(hyper_ptr + 1)
-    beta2 = tl.load(hyper_ptr + 2)
-    eps = tl.load(hyper_ptr + 3)
-    l2 = tl.load(hyper_ptr + 4)
-    l1 = tl.load(hyper_ptr + 5)
-    wd = tl.load(hyper_ptr + 6)
-    beta1_pow = tl.load(pows_in_ptr + 0)
-    beta2_pow = tl.load(pows_in_ptr + 1)
-
-    # Scalars once per program; the per-element work is then multiplies and one divide.
-    lr_t = (lr * lr_scale).to(compute_dtype)
-    step_size = lr_t / (1.0 - beta1_pow)
-    inv_sqrt_bc2 = 1.0 / tl.sqrt(1.0 - beta2_pow)
+    lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd = _step_scalars(
+        hyper_ptr, pows_in_ptr, lr, compute_dtype)
 
     if block_start + BLOCK <= n_elements:
         # Full block: unmasked, so the compiler keeps 16-byte vector loads and stores.
@@ -165,6 +217,74 @@ def _adam_kernel(
         tl.store(pows_out_ptr + 0, tl.load(pows_in_ptr + 0) * tl.load(hyper_ptr + 1))
         tl.store(pows_out_ptr + 1, tl.load(pows_in_ptr + 1) * tl.load(hyper_ptr + 2))
 
+
+@triton.jit
+def _adam_tensor_list_kernel(
+    tensor_table_ptr,  # *i64 [n_tensors, TABLE_WIDTH]: addresses, numel, state offset, active
+    chunk_table_ptr,  # *i32 [n_chunks, 2]: (tensor index, chunk index within the tensor)
+    exp_avg_ptr,  # *C: the bucket's flat moment1 buffer; its dtype is the compute dtype C
+    exp_avg_sq_ptr,  # *C: the bucket's flat moment2 buffer
+    max_exp_avg_sq_ptr,  # *C: the bucket's flat moment2_max buffer (AMSGRAD only)
+    hyper_ptr,  # *C [n_tensors, HYPER_WIDTH]: per-tensor hyper-parameter rows
+    pows_in_ptr,  # *C [n_tensors, POW_SLOT_WIDTH]: the pows this step uses
+    pows_out_ptr,  # *C [n_tensors, POW_SLOT_WIDTH]: receives the pows of the next step
+    lr: tl.float64,  # the step's learning rate (per step: never constexpr)
+    n_tensors,  # rows of the tensor table (every tensor of the bucket, active or not)
+    n_chunks,  # rows of the chunk table: programs [0, n_chunks) update elements, the rest pows
+    PARAM_DTYPE: tl.constexpr,  # element type behind the param addresses
+    GRAD_DTYPE: tl.constexpr,  # element type behind the grad addresses
+    ALIGNED: tl.constexpr,  # every param/grad address of the table is 16-byte aligned
+    BLOCK: tl.constexpr,  # elements per program: a chunk is one block
+    POW_BLOCK: tl.constexpr,  # tensors whose pows one program advances
+    AMSGRAD: tl.constexpr,
+    COUPLED_DECAY: tl.constexpr,
+    DECOUPLED_DECAY: tl.constexpr,
+):
+    compute_dtype = exp_avg_ptr.dtype.element_ty
+    pid = tl.program_id(0).to(tl.int64)  # int64: chunk-table offsets beyond 2^31 exist
+    if pid < n_chunks:
+        t = tl.load(chunk_table_ptr + 2 * pid)
+        chunk = tl.load(chunk_table_ptr + 2 * pid + 1).to(tl.int64)
+        row = tensor_table_ptr + t.to(tl.int64) * _TABLE_WIDTH
+        param_ptr = tl.load(row + _COL_PARAM_ADDR).to(tl.pointer_type(PARAM_DTYPE))
+        grad_ptr = tl.load(row + _COL_GRAD_ADDR).to(tl.pointer_type(GRAD_DTYPE))
+        if ALIGNED:
+            # The launcher checked every address; a table load carries no alignment otherwise.
+            param_ptr = tl.multiple_of(param_ptr, 16)
+            grad_ptr = tl.multiple_of(grad_ptr, 16)
+        n_elements = tl.load(row + _COL_NUMEL)
+        # State offsets are multiples of _STATE_ALIGN elements (the bucket pads every region).
+        state_offset = tl.multiple_of(tl.load(row + _COL_STATE_OFFSET), _STATE_ALIGN)
+        lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd = _step_scalars(
+            hyper_ptr + t * _HYPER_WIDTH, pows_in_ptr + t * _POW_SLOT_WIDTH, lr, compute_dtype)
+
+        block_start = chunk * BLOCK  # int64
+        offs = block_start + tl.arange(0, BLOCK)
+        m_ptr = exp_avg_ptr + state_offset
+        v_ptr = exp_avg_sq_ptr + state_offset
+        vmax_ptr = max_exp_avg_sq_ptr + state_offset
+        if block_start + BLOCK <= n_elements:
+            _adam_block(param_ptr, grad_ptr, m_ptr, v_ptr, vmax_ptr, offs, None, lr_t,
+                        step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd, AMSGRAD,
+                        COUPLED_DECAY, DECOUPLED_DECAY)
+        else:
+            _adam_block(param_ptr, grad_ptr, m_ptr, v_ptr, vmax_ptr, offs, offs < n_elements,
+                        lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd, AMSGRAD,
+                        COUPLED_DECAY, DECOUPLED_DECAY)
+
+    else:
+        # The programs after the chunks write every tensor's pows to the other slot: advanced
+        # for the active tensors, copied for the rest, so one slot index serves the whole
+        # bucket. (Programs of their own: the full-block path stays free of masked accesses.)
+        j = (pid - n_chunks) * POW_BLOCK + tl.arange(0, POW_BLOCK)
+        in_range = j < n_tensors
+        active = tl.load(tensor_table_ptr + j.to(tl.int64) * _TABLE_WIDTH + _COL_ACTIVE,
+                         mask=in_range, other=0) != 0
+        for which in tl.static_range(2):
+            beta = tl.load(hyper_ptr + j * _HYPER_WIDTH + (1 + which), mask=in_range)
+            pow_in = tl.load(pows_in_ptr + j * _POW_SLOT_WIDTH + which, mask=in_range)
+            tl.store(pows_out_ptr + j * _POW_SLOT_WIDTH + which,
+                     pow_in * tl.where(active, beta, 1.0), mask=in_range)
 
 
 def compute_dtype_for(param_dtype: torch.dtype) -> torch.dtype:
@@ -253,4 +373,111 @@ def adam_update_(
         **kernel_constexprs(amsgrad=max_exp_avg_sq is not None, coupled_decay=coupled_decay,
                             decoupled_decay=decoupled_decay),
         num_warps=NUM_WARPS,
+    )
+
+
+_TRITON_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64,
+                  torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
+
+
+def adam_update_tensor_list_(
+    tensor_table: torch.Tensor,
+    chunk_table: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    max_exp_avg_sq: torch.Tensor | None,
+    hyper: torch.Tensor,
+    pows_in: torch.Tensor,
+    pows_out: torch.Tensor,
+    *,
+    lr: float,
+    param_dtype: torch.dtype,
+    grad_dtype: torch.dtype,
+    aligned: bool,
+    coupled_decay: bool,
+    decoupled_decay: bool,
+) -> None:
+    """Apply one Adam step to every active tensor of a bucket, with one kernel launch.
+
+    The tables are built and kept valid by the caller (``triton_adam.buckets``): the kernel
+    dereferences the addresses in ``tensor_table`` without any check it could make on the
+    host, so a stale address there is memory corruption. This launcher checks only what it
+    can check in constant time (shapes, dtypes, devices of its arguments).
+
+    Args:
+        tensor_table: int64 ``[n_tensors, TABLE_WIDTH]`` (the ``COL_*`` columns), one row per
+            tensor of the bucket whether or not it is updated this step.
+        chunk_table: int32 ``[n_chunks, 2]``: ``(tensor row, chunk index)`` per program, chunks
+            of ``CHUNK_SIZE`` elements of the active tensors.
+        exp_avg, exp_avg_sq: the bucket's flat moment buffers (compute dtype), updated in place.
+        max_exp_avg_sq: the flat moment2_max buffer for AMSGrad, or None.
+        hyper: ``[n_tensors, HYPER_WIDTH]`` per-tensor hyper-parameter rows (compute dtype).
+        pows_in: ``[n_tensors, POW_SLOT_WIDTH]`` pows of this step; pows_out receives the next
+            step's (advanced for active tensors, copied for the others); must not overlap.
+        lr: the step's learning rate (passed as float64).
+        param_dtype, grad_dtype: the element types behind the table's addresses.
+        aligned: every param and grad address in the table is a multiple of 16 bytes.
+        coupled_decay, decoupled_decay: as in ``adam_update_``; tensors without decay have
+            zero coefficients in their hyper row.
+    """
+    cdtype = exp_avg.dtype
+    n_tensors = tensor_table.shape[0] if tensor_table.dim() == 2 else -1
+    _check(cdtype == compute_dtype_for(param_dtype), lambda:
+           f"state dtype {cdtype} is not the compute dtype of {param_dtype} params")
+    _check(param_dtype in _TRITON_DTYPES and grad_dtype in _TRITON_DTYPES, lambda:
+           f"unsupported param/grad dtypes {param_dtype}/{grad_dtype}")
+    _check(tensor_table.dtype == torch.int64 and tensor_table.dim() == 2
+           and tensor_table.shape[1] == TABLE_WIDTH and tensor_table.is_contiguous(), lambda:
+           f"tensor_table must be contiguous int64 [n, {TABLE_WIDTH}], got "
+           f"{tensor_table.dtype} {tuple(tensor_table.shape)}")
+    _check(chunk_table.dtype == torch.int32 and chunk_table.dim() == 2
+           and chunk_table.shape[1] == 2 and chunk_table.is_contiguous(), lambda:
+           f"chunk_table must be contiguous int32 [n, 2], got {chunk_table.dtype} "
+           f"{tuple(chunk_table.shape)}")
+    expected = [("hyper", hyper, HYPER_WIDTH), ("pows_in", pows_in, POW_SLOT_WIDTH),
+                ("pows_out", pows_out, POW_SLOT_WIDTH)]
+    for name, t, width in expected:
+        _check(tuple(t.shape) == (n_tensors, width) and t.dtype == cdtype and t.is_contiguous(),
+               lambda: f"{name} must be contiguous {cdtype} [{n_tensors}, {width}], got "
+               f"{t.dtype} {tuple(t.shape)}")
+    flat = [("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)]
+    if max_exp_avg_sq is not None:
+        flat.append(("max_exp_avg_sq", max_exp_avg_sq))
+    for name, t in flat:
+        _check(t.dtype == cdtype and t.is_contiguous() and t.numel() == exp_avg.numel(), lambda:
+               f"{name} must be a contiguous {cdtype} buffer like exp_avg")
+    device = exp_avg.device
+    args = [("tensor_table", tensor_table), ("chunk_table", chunk_table)] + flat
+    for name, t in args + [(name, t) for name, t, _ in expected]:
+        _check(t.device == device, lambda: f"{name} is on {t.device}, the state on {device}")
+    _check(pows_in.data_ptr() != pows_out.data_ptr(), lambda: "pows_in and pows_out must differ")
+
+    n_chunks = chunk_table.shape[0]
+    if n_tensors == 0:
+        return
+    grid = (n_chunks + triton.cdiv(n_tensors, POW_BLOCK),)
+    _adam_tensor_list_kernel[grid](
+        tensor_table, chunk_table, exp_avg, exp_avg_sq,
+        max_exp_avg_sq if max_exp_avg_sq is not None else exp_avg_sq,
+        hyper, pows_in, pows_out, float(lr), n_tensors, n_chunks,
+        **tensor_list_constexprs(param_dtype=param_dtype, grad_dtype=grad_dtype, aligned=aligned,
+                                 amsgrad=max_exp_avg_sq is not None,
+                                 coupled_decay=coupled_decay, decoupled_decay=decoupled_decay),
+        num_warps=NUM_WARPS,
+    )
+
+
+def tensor_list_constexprs(*, param_dtype: torch.dtype, grad_dtype: torch.dtype, aligned: bool,
+                           amsgrad: bool, coupled_decay: bool, decoupled_decay: bool) -> dict:
+    """The constexpr arguments of one multi-tensor specialization (shared with the compile
+    check)."""
+    return dict(
+        PARAM_DTYPE=_TRITON_DTYPES[param_dtype],
+        GRAD_DTYPE=_TRITON_DTYPES[grad_dtype],
+        ALIGNED=bool(aligned),
+        BLOCK=BLOCK_SIZE,
+        POW_BLOCK=POW_BLOCK,
+        AMSGRAD=bool(amsgrad),
+        COUPLED_DECAY=bool(coupled_decay),
+        DECOUPLED_DECAY=bool(decoupled_decay),
     )

@@ -50,6 +50,7 @@ class Specialization:
     # What the SASS audit (perf/audit.py) needs to turn instructions into bytes per element:
     elements_per_program: int = field(kw_only=True)
     floor_mode: str = field(kw_only=True)  # the row of perf/floors.py FLOORS to meet
+    vector_access: bool = field(default=True, kw_only=True)  # full blocks use 16-byte access
 
     def source(self) -> ASTSource:
         names = self.kernel.arg_names
@@ -92,9 +93,46 @@ def adam_specializations() -> list[Specialization]:
     return specs
 
 
+def tensor_list_specializations() -> list[Specialization]:
+    """Every variant of the multi-tensor update (``use_multi_tensor=True``).
+
+    Parameter dtype x amsgrad x coupled decay x decoupled decay with 16-byte-aligned table
+    addresses (what the bucket finds for allocator-made tensors), plus the unaligned fallback
+    for each dtype (views at odd offsets). The kernel's buffers (tables, flat state) are the
+    optimizer's own allocations, so the JIT marks them divisible by 16.
+    """
+    specs = []
+    pointer_args = ["tensor_table_ptr", "chunk_table_ptr", "exp_avg_ptr", "exp_avg_sq_ptr",
+                    "max_exp_avg_sq_ptr", "hyper_ptr", "pows_in_ptr", "pows_out_ptr"]
+    variants = [(d, a, c, w, True) for d, a, c, w in itertools.product(
+        (torch.float32, torch.float64), (False, True), (False, True), (False, True))]
+    variants += [(d, False, False, False, False) for d in (torch.float32, torch.float64)]
+    for dtype, amsgrad, coupled, decoupled, aligned in variants:
+        p_ty = _TRITON_TYPE[dtype]
+        c_ty = _TRITON_TYPE[adam.compute_dtype_for(dtype)]
+        constexprs = adam.tensor_list_constexprs(
+            param_dtype=dtype, grad_dtype=dtype, aligned=aligned, amsgrad=amsgrad,
+            coupled_decay=coupled, decoupled_decay=decoupled)
+        signature = {
+            "tensor_table_ptr": "*i64", "chunk_table_ptr": "*i32", "exp_avg_ptr": f"*{c_ty}",
+            "exp_avg_sq_ptr": f"*{c_ty}", "max_exp_avg_sq_ptr": f"*{c_ty}",
+            "hyper_ptr": f"*{c_ty}", "pows_in_ptr": f"*{c_ty}", "pows_out_ptr": f"*{c_ty}",
+            "lr": "fp64", "n_tensors": "i32", "n_chunks": "i32",
+            **{k: "constexpr" for k in constexprs},
+        }
+        mode = " ".join([p_ty] + ["amsgrad"] * amsgrad + ["coupled-decay"] * coupled
+                        + ["decoupled-decay"] * decoupled + ([] if aligned else ["unaligned"]))
+        specs.append(Specialization(
+            adam._adam_tensor_list_kernel, f"tensor-list {mode}", signature, constexprs,
+            tuple(pointer_args), num_warps=adam.NUM_WARPS,
+            elements_per_program=constexprs["BLOCK"], floor_mode=p_ty + " amsgrad" * amsgrad,
+            vector_access=aligned))
+    return specs
+
+
 def specializations() -> list[Specialization]:
     """All kernel specializations of the library (extended as kernels land)."""
-    return adam_specializations()
+    return adam_specializations() + tensor_list_specializations()
 
 
 def compile_specialization(spec: Specialization, target: GPUTarget):

@@ -48,7 +48,9 @@ def triton_kernels() -> list[object]:
     found = []
     for info in pkgutil.iter_modules(triton_adam.kernels.__path__):
         module = importlib.import_module(f"triton_adam.kernels.{info.name}")
-        found += [v for v in vars(module).values() if isinstance(v, kinds)]
+        # A module that imports another's helpers holds the same objects: count them once.
+        found += [v for v in vars(module).values()
+                  if isinstance(v, kinds) and all(v is not f for f in found)]
     return found
 
 

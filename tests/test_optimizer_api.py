@@ -106,7 +106,6 @@ def test_non_contiguous_parameter_is_an_error():
 
 
 @pytest.mark.parametrize("kwargs, option", [
-    (dict(use_multi_tensor=True), "use_multi_tensor"),
     (dict(grad_clip=object()), "grad_clip"),
 ])
 def test_unimplemented_options_are_named(kwargs, option):
@@ -119,11 +118,6 @@ def test_low_precision_params_not_yet_supported(dtype):
     with pytest.raises(NotImplementedError, match="multi_precision"):
         triton_adam.Adam(parameters=[torch.zeros(3, dtype=dtype, requires_grad=True)],
                          multi_precision=True)
-
-
-def test_parameter_groups_not_yet_supported():
-    with pytest.raises(NotImplementedError, match="parameter groups"):
-        triton_adam.Adam(parameters=[{"params": make_params(1)}])
 
 
 def test_set_and_get_lr():
@@ -343,11 +337,13 @@ def test_adamw_lr_ratio_matches_reference():
     dict(amsgrad=True, weight_decay=triton_adam.L1Decay(0.01)),
     dict(beta1=torch.tensor([0.9]), beta2=torch.tensor([0.99]), epsilon=torch.tensor([1e-8])),
 ], ids=["adam", "amsgrad-l1", "tensor-hypers"])
-def test_step_makes_no_host_sync(monkeypatch, kwargs):
-    """Nothing in step() reads a tensor back to the host (each would stall a GPU)."""
+@pytest.mark.parametrize("multi_tensor", [False, True], ids=["per-tensor", "multi-tensor"])
+def test_step_makes_no_host_sync(monkeypatch, kwargs, multi_tensor):
+    """Nothing in step() reads a tensor back to the host (each would stall a GPU); the
+    multi-tensor path rebuilds its address table every step here (new grads each step)."""
     params = make_params(3)
     sched = triton_adam.lr.StepDecay(0.1, step_size=1)
-    opt = triton_adam.Adam(sched, parameters=params, **kwargs)
+    opt = triton_adam.Adam(sched, parameters=params, use_multi_tensor=multi_tensor, **kwargs)
     calls = []
     for method in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__",
                    "nonzero"):

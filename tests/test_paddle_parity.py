@@ -8,6 +8,9 @@ every operation but in a different order (Paddle's CPU kernel vs ours, with FMA)
 
 from __future__ import annotations
 
+import functools
+import types
+
 import numpy as np
 import paddle
 import pytest
@@ -68,8 +71,7 @@ def _beta_tensor(mod, value, dtype):
 
 
 CONFIGS = {
-    "adam": lambda mod, ps, names, dt: mod.optimizer.Adam(0.01, parameters=ps)
-    if mod is paddle else triton_adam.Adam(0.01, parameters=ps),
+    "adam": lambda mod, ps, names, dt: _opt(mod).Adam(0.01, parameters=ps),
     "adam-weight_decay-float": lambda mod, ps, names, dt: _opt(mod).Adam(
         0.02, parameters=ps, weight_decay=0.05),
     "adam-L2Decay": lambda mod, ps, names, dt: _opt(mod).Adam(
@@ -90,8 +92,15 @@ CONFIGS = {
 }
 
 
+# ``mod`` is paddle, triton_adam, or MULTI_TENSOR: triton_adam with use_multi_tensor=True.
+MULTI_TENSOR = types.SimpleNamespace(
+    Adam=functools.partial(triton_adam.Adam, use_multi_tensor=True),
+    AdamW=functools.partial(triton_adam.AdamW, use_multi_tensor=True))
+
+
 def _opt(mod):
-    return paddle.optimizer if mod is paddle else triton_adam
+    return {id(paddle): paddle.optimizer, id(MULTI_TENSOR): MULTI_TENSOR}.get(id(mod),
+                                                                            triton_adam)
 
 
 def _reg(mod):
@@ -102,15 +111,17 @@ def _paddle_accumulator(opt, acc, param):
     return opt._accumulators[acc][param.name].numpy()
 
 
+@pytest.mark.parametrize("multi_tensor", [False, True], ids=["per-tensor", "multi-tensor"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("config", list(CONFIGS))
-def test_matches_paddle(config, dtype):
+def test_matches_paddle(config, dtype, multi_tensor):
     init, grads = random_problem(dtype, seed=len(config))
     pp = paddle_params(init)
     names = [p.name for p in pp]
     popt = CONFIGS[config](paddle, pp, names, dtype)
     tp = torch_params(init)
-    topt = CONFIGS[config](triton_adam, tp, torch_names(tp), dtype)
+    topt = CONFIGS[config](MULTI_TENSOR if multi_tensor else triton_adam, tp, torch_names(tp),
+                           dtype)
     for step, g in enumerate(grads):
         if step == 4:  # a learning-rate change mid-run, as a user's schedule would make
             popt.set_lr(popt.get_lr() * 0.5)

@@ -35,7 +35,8 @@ def audit(tmp_path_factory):
 def test_audit_covers_every_specialization_and_plots(audit):
     result, report, out = audit
     rows = report["rows"]
-    assert len(rows) == 2 * 32, len(rows)  # 32 dense-update variants x sm_80, sm_90
+    # 32 dense-update and 18 multi-tensor variants x sm_80, sm_90
+    assert len(rows) == 2 * (32 + 18), len(rows)
     assert {r["target"] for r in rows} == {"sm_80", "sm_90"}
     assert (out / "bytes.png").stat().st_size > 10_000
     # exit status 1 exactly when some row fails, and the failures are printed
@@ -54,6 +55,11 @@ def _rows():
         marks = ([pytest.mark.xfail(strict=True, reason=KNOWN_DEFECTS[(target, mode)])]
                  if (target, mode) in KNOWN_DEFECTS else [])
         yield pytest.param(target, mode, marks=marks, id=f"{target}-{mode}")
+    for dtype, ams, coupled, decoupled, target in product(
+            dtypes, flags, flags, flags, ("sm_80", "sm_90")):
+        mode = " ".join(["tensor-list", dtype] + ["amsgrad"] * ams
+                        + ["coupled-decay"] * coupled + ["decoupled-decay"] * decoupled)
+        yield pytest.param(target, mode, id=f"{target}-{mode}")
 
 
 @pytest.mark.parametrize("target,mode", list(_rows()))
@@ -82,3 +88,16 @@ def test_audit_flags_a_kernel_without_vector_access():
     assert result.returncode == 0, result.stderr[-4000:]
     assert result.stdout.startswith("4 16.0 "), result.stdout
     assert "not all 16-byte vectors" in result.stdout
+
+
+@pytest.mark.parametrize("target", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("dtype", ["fp32", "fp64"])
+def test_unaligned_tensor_list_fallback_at_floor(audit, target, dtype):
+    """Tables with an address that is not 16-byte aligned take the scalar specialization: the
+    same bytes per element, no vector access promised (and none required)."""
+    row = {(r["target"], r["mode"]): r for r in audit[1]["rows"]}[
+        (target, f"tensor-list {dtype} unaligned")]
+    assert row["load_bytes_per_element"] == row["floor_load"], row
+    assert row["store_bytes_per_element"] == row["floor_store"], row
+    assert row["narrowest_access"] < 16 and not row["vector_required"], row
+    assert row["violations"] == [], row["violations"]

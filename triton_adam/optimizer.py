@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from triton_adam import backend
+from triton_adam.buckets import Bucket, MemberConfig, group_into_buckets
 from triton_adam.kernels import adam as _adam_kernels
 from triton_adam.lr import LRScheduler
+from triton_adam.param_attr import param_lr_scale, param_name, param_regularizer
+from triton_adam.param_groups import parse_parameters
 from triton_adam.regularizer import L1Decay, L2Decay, WeightDecayRegularizer
 
 # Paddle's accumulator names (state_dict keys are f"{param_name}_{acc}_0").
@@ -27,30 +28,6 @@ MOMENT2 = "moment2"
 MOMENT2_MAX = "moment2_max"
 BETA1_POW = "beta1_pow_acc"
 BETA2_POW = "beta2_pow_acc"
-
-
-@dataclass
-class _ParamState:
-    """The accumulators of one parameter, in the compute dtype.
-
-    ``pows`` holds two slots of ``(beta1_pow, beta2_pow)``: a step reads slot ``slot`` and the
-    kernel writes the advanced pows into the other one, after which ``slot`` flips. The host
-    knows which slot is current without reading the device, and no program of a launch can
-    overwrite a pow that another program is still about to read.
-    """
-
-    moment1: torch.Tensor
-    moment2: torch.Tensor
-    moment2_max: torch.Tensor | None
-    pows: torch.Tensor  # [2, POW_SLOT_WIDTH]
-    hyper: torch.Tensor  # [HYPER_WIDTH]: the kernel's per-tensor hyper-parameters
-    coupled_decay: bool  # an L1/L2 regularizer applies to this parameter
-    decoupled_decay: bool  # AdamW decay applies to this parameter
-    slot: int = 0
-
-    def beta_pow(self, which: int) -> torch.Tensor:
-        """The current ``beta{which+1}_pow`` as a 1-element view (shape [1], like Paddle)."""
-        return self.pows[self.slot, which:which + 1]
 
 
 def _check_beta(value: float | torch.Tensor, name: str) -> None:
@@ -75,20 +52,12 @@ class _AdamBase:
 
     def __init__(self, learning_rate: float | LRScheduler, beta1: float | torch.Tensor,
                  beta2: float | torch.Tensor, epsilon: float | torch.Tensor,
-                 parameters: Iterable[torch.Tensor] | None, grad_clip: object | None,
+                 parameters: Iterable | None, grad_clip: object | None,
                  lazy_mode: bool, multi_precision: bool, use_multi_tensor: bool,
                  name: str | None, amsgrad: bool) -> None:
         for value, arg in ((beta1, "beta1"), (beta2, "beta2"), (epsilon, "epsilon")):
             _check_beta(value, arg)
-        if parameters is None:
-            raise AttributeError("parameters argument given to the Optimizer should not be "
-                                 "None in dygraph mode.")
-        if isinstance(parameters, torch.Tensor):
-            raise TypeError("`parameters` argument given to the optimizer should be an iterable "
-                            f"of Tensors, but got argument type is `{type(parameters)}`.")
-        if isinstance(parameters, dict):
-            raise TypeError("`parameters` argument should not get dict type, if parameter "
-                            "groups is needed, please set `parameters` as list of dict")
+        groups, group_mode = parse_parameters(parameters)
         if isinstance(learning_rate, bool) or not isinstance(learning_rate,
                                                              (float, LRScheduler)):
             raise TypeError("learning rate should be float or LRScheduler, got "
@@ -96,21 +65,28 @@ class _AdamBase:
         if grad_clip is not None:
             raise NotImplementedError("grad_clip: gradient clipping is not implemented yet "
                                       "(the gradient-clipping issue)")
-        if use_multi_tensor:
-            raise NotImplementedError("use_multi_tensor=True: multi-tensor apply is not "
-                                      "implemented yet (the multi-tensor issue)")
+        for g, group in enumerate(groups):
+            opts = group.options
+            for arg in ("beta1", "beta2", "epsilon"):
+                if arg in opts:
+                    _check_beta(opts[arg], arg)
+            if opts.get("grad_clip") is not None:
+                raise NotImplementedError(f"parameters[{g}]['grad_clip']: gradient clipping "
+                                          "is not implemented yet (the gradient-clipping issue)")
+            scale = opts.get("learning_rate", 1.0)
+            if isinstance(scale, bool) or not isinstance(scale, (int, float)) \
+                    or not math.isfinite(scale):
+                raise TypeError(f"parameters[{g}]['learning_rate'] is a scale of the "
+                                f"optimizer's learning rate and must be a finite float, got "
+                                f"{scale!r}")
+            self._check_group_weight_decay(opts, g)
 
-        self._parameter_list = list(parameters)
-        if not self._parameter_list:
-            raise ValueError("optimizer got an empty parameter list")
-        seen: set[int] = set()
+        self._groups = groups
+        self._group_mode = group_mode
+        self._parameter_list = [p for group in groups for p in group.params]
+        self._given_names = [n for group in groups for n in group.given_names]
+        self._group_of = [g for g, group in enumerate(groups) for _ in group.params]
         for i, p in enumerate(self._parameter_list):
-            if isinstance(p, dict):
-                raise NotImplementedError("parameter groups (a list of dicts) are not "
-                                          "implemented yet (the parameter-groups issue)")
-            if not isinstance(p, torch.Tensor):
-                raise TypeError(f"parameters[{i}] is a {type(p).__name__}, expected a "
-                                "torch.Tensor")
             if p.dtype in (torch.float16, torch.bfloat16):
                 raise NotImplementedError(
                     f"parameters[{i}] is {p.dtype}: float16/bfloat16 parameters (and "
@@ -122,35 +98,39 @@ class _AdamBase:
             if not p.is_contiguous():
                 raise ValueError(f"parameters[{i}] is not contiguous: the kernels update a "
                                  "parameter in place over its storage")
-            if id(p) in seen:
-                # Decision (spec section 6): Paddle updates such a tensor twice per step.
-                raise ValueError(f"parameters[{i}] appears more than once in the parameter "
-                                 "list")
-            seen.add(id(p))
 
         self._learning_rate = learning_rate
         self._beta1 = beta1
         self._beta2 = beta2
         self._epsilon = epsilon
-        self._tensor_hypers = any(isinstance(x, torch.Tensor) for x in (beta1, beta2, epsilon))
         self._lazy_mode = bool(lazy_mode)
         self._multi_precision = bool(multi_precision)
+        self._use_multi_tensor = bool(use_multi_tensor)
         self._amsgrad = bool(amsgrad)
         self._name = name
         self._grad_clip = None
-        self._state: dict[int, _ParamState] = {}  # keyed by id(param): one entry per param
+        self._index_of = {id(p): i for i, p in enumerate(self._parameter_list)}
+        # Buckets are built at the first step (so attributes set after construction count),
+        # from the trainable parameters of that time; a parameter that first gets a gradient
+        # later joins a new bucket.
+        self._buckets: list[Bucket] = []
+        self._where: dict[int, tuple[Bucket, int]] = {}  # id(param) -> (bucket, member)
 
     # ----------------------------------------------------------------- decay, per subclass
-    def _coupled_regularizer(self, param: torch.Tensor) -> WeightDecayRegularizer | None:
-        """The regularizer whose term is added to ``param``'s gradient, if any."""
+    def _check_group_weight_decay(self, options: dict, g: int) -> None:
+        """Type check of a group's ``weight_decay`` (the subclass knows what it means)."""
         raise NotImplementedError
 
-    def _decoupled_coeff(self, param: torch.Tensor) -> float:
-        """AdamW's decay coefficient for ``param`` (0 for Adam)."""
+    def _coupled_regularizer(self, index: int) -> WeightDecayRegularizer | None:
+        """The regularizer whose term is added to parameter ``index``'s gradient, if any."""
+        raise NotImplementedError
+
+    def _decoupled_coeff(self, index: int) -> float:
+        """AdamW's decay coefficient for parameter ``index`` (0 for Adam)."""
         return 0.0
 
-    def _lr_scale(self, param: torch.Tensor) -> float:
-        """What multiplies the learning rate for ``param`` (AdamW's ``lr_ratio``)."""
+    def _lr_ratio(self, param: torch.Tensor) -> float:
+        """What else multiplies the learning rate for ``param`` (AdamW's ``lr_ratio``)."""
         return 1.0
 
     # ----------------------------------------------------------------------- learning rate
@@ -177,82 +157,96 @@ class _AdamBase:
                             f"LRScheduler, but received {type(scheduler)}.")
         self._learning_rate = scheduler
 
-    # ------------------------------------------------------------------------------- state
-    def _param_name(self, index: int, param: torch.Tensor) -> str:
-        """``param.name`` when set (Paddle's attribute), else ``param_{index}``."""
-        name = getattr(param, "name", None)
-        return name if isinstance(name, str) and name else f"param_{index}"
+    # ---------------------------------------------------------------- per-parameter values
+    def _param_name(self, index: int) -> str:
+        """The name of parameter ``index``: ``set_param_attr(name=...)``, else the name given
+        with ``named_parameters()``, else ``param_{index}`` (index over all groups, in
+        order)."""
+        return (param_name(self._parameter_list[index]) or self._given_names[index]
+                or f"param_{index}")
 
-    def _hyper_values(self, param: torch.Tensor) -> list[float]:
-        """The kernel's hyper-parameter row for ``param`` (tensor hypers filled per step)."""
-        reg = self._coupled_regularizer(param)
+    def _option(self, index: int, key: str, default: object) -> object:
+        return self._groups[self._group_of[index]].options.get(key, default)
+
+    def _member_config(self, index: int) -> MemberConfig:
+        """The hyper-parameter row of parameter ``index`` (section 2 and 6 precedence)."""
+        param = self._parameter_list[index]
+        what = f"parameter '{self._param_name(index)}'"
         row = [0.0] * _adam_kernels.HYPER_WIDTH
-        row[_adam_kernels.HYPER_LR_SCALE] = self._lr_scale(param)
-        for col, value in ((_adam_kernels.HYPER_BETA1, self._beta1),
-                           (_adam_kernels.HYPER_BETA2, self._beta2),
-                           (_adam_kernels.HYPER_EPS, self._epsilon)):
-            row[col] = 0.0 if isinstance(value, torch.Tensor) else float(value)
+        # Group mode: the group's scale replaces the parameter's own (Paddle overwrites
+        # param.optimize_attr['learning_rate'] with it); flat mode: the parameter's.
+        scale = (float(self._option(index, "learning_rate", 1.0)) if self._group_mode
+                 else param_lr_scale(param))
+        ratio = self._lr_ratio(param)
+        if not math.isfinite(ratio):
+            raise ValueError(f"lr_ratio returned {ratio} for {what}")
+        row[_adam_kernels.HYPER_LR_SCALE] = scale * ratio
+        tensors: dict[int, torch.Tensor] = {}
+        for col, key, default in ((_adam_kernels.HYPER_BETA1, "beta1", self._beta1),
+                                  (_adam_kernels.HYPER_BETA2, "beta2", self._beta2),
+                                  (_adam_kernels.HYPER_EPS, "epsilon", self._epsilon)):
+            value = self._option(index, key, default)
+            if isinstance(value, torch.Tensor):
+                if value.device != param.device:
+                    raise ValueError(f"{key} is a tensor on {value.device} but {what} is on "
+                                     f"{param.device}: keep tensor hyper-parameters on the "
+                                     "parameters' device (a cross-device copy would sync)")
+                tensors[col] = value
+            else:
+                row[col] = float(value)
+        reg = self._coupled_regularizer(index)
         row[_adam_kernels.HYPER_L2] = reg.coeff if isinstance(reg, L2Decay) else 0.0
         row[_adam_kernels.HYPER_L1] = reg.coeff if isinstance(reg, L1Decay) else 0.0
-        row[_adam_kernels.HYPER_WD] = self._decoupled_coeff(param)
-        return row
+        row[_adam_kernels.HYPER_WD] = self._decoupled_coeff(index)
+        return MemberConfig(hyper=row, tensor_hypers=tensors, what=what)
 
-    def _refresh_tensor_hypers(self, state: _ParamState) -> None:
-        """Copy tensor-valued beta1/beta2/epsilon into the row (device copies, no sync).
+    # ------------------------------------------------------------------------------- state
+    def _build_buckets(self, indices: list[int]) -> None:
+        """Buckets for parameters ``indices`` (none of them in a bucket yet)."""
+        params = [self._parameter_list[i] for i in indices]
 
-        Paddle reads such tensors at every step, so an in-place change takes effect at the
-        next step here too. Keep them on the parameters' device: a CPU tensor copied to a
-        CUDA row is a synchronous copy.
-        """
-        for col, value in ((_adam_kernels.HYPER_BETA1, self._beta1),
-                           (_adam_kernels.HYPER_BETA2, self._beta2),
-                           (_adam_kernels.HYPER_EPS, self._epsilon)):
-            if isinstance(value, torch.Tensor):
-                state.hyper[col:col + 1].copy_(value.detach().reshape(1))
+        def make(members: list[int]) -> Bucket:
+            chosen = [indices[m] for m in members]
+            return Bucket([self._parameter_list[i] for i in chosen],
+                          [self._member_config(i) for i in chosen], amsgrad=self._amsgrad,
+                          multi_tensor=self._use_multi_tensor)
 
-    def _create_state(self, param: torch.Tensor) -> _ParamState:
-        cdtype = _adam_kernels.compute_dtype_for(param.dtype)
-        dev = param.device
-        pows = torch.zeros(2, _adam_kernels.POW_SLOT_WIDTH, dtype=cdtype, device=dev)
-        # Pows start at beta^1. Decision (spec section 6): a tensor beta starts its pow at the
-        # tensor's value (Paddle starts it at 0.9 / 0.999 whatever the tensor holds).
-        for which, beta in enumerate((self._beta1, self._beta2)):
-            if isinstance(beta, torch.Tensor):
-                pows[0, which:which + 1].copy_(beta.detach().reshape(1))
-            else:
-                pows[0, which] = float(beta)
-        hyper = torch.tensor(self._hyper_values(param), dtype=cdtype, device=dev)
-        state = _ParamState(
-            moment1=torch.zeros_like(param, dtype=cdtype),
-            moment2=torch.zeros_like(param, dtype=cdtype),
-            moment2_max=torch.zeros_like(param, dtype=cdtype) if self._amsgrad else None,
-            pows=pows, hyper=hyper,
-            coupled_decay=self._coupled_regularizer(param) is not None,
-            decoupled_decay=self._decoupled_coeff(param) != 0.0)
-        self._state[id(param)] = state
-        return state
+        for bucket in group_into_buckets(params, make):
+            for j, p in enumerate(bucket.params):
+                self._where[id(p)] = (bucket, j)
+            self._buckets.append(bucket)
+
+    def _ensure_buckets(self, with_grad: Iterable[torch.Tensor]) -> None:
+        """Every parameter about to be updated is in a bucket; new buckets take every
+        trainable parameter not in one yet, so a model normally has one bucket per dtype."""
+        if all(id(p) in self._where for p in with_grad):
+            return
+        self._build_buckets([i for i, p in enumerate(self._parameter_list)
+                             if id(p) not in self._where
+                             and (p.requires_grad or p.grad is not None)])
 
     def state_dict(self) -> dict[str, torch.Tensor | dict]:
         """The accumulators under Paddle's keys, ``{param_name}_{[name_]}{acc}_0``.
 
         Empty before the first step, but for ``'LR_Scheduler'`` (the scheduler's own
-        ``state_dict()``) when a scheduler drives the learning rate. Moments are the live
-        tensors; the pows are views of the slot current at the time of the call: take the
-        dict and save it before the next step.
+        ``state_dict()``) when a scheduler drives the learning rate. Moments are views of
+        the live state; the pows are views of the slot current at the time of the call:
+        take the dict and save it before the next step.
         """
         infix = f"{self._name}_" if self._name else ""
         out: dict[str, torch.Tensor | dict] = {}
         for index, param in enumerate(self._parameter_list):
-            state = self._state.get(id(param))
-            if state is None:
+            where = self._where.get(id(param))
+            if where is None or not where[0].created[where[1]]:
                 continue
-            prefix = f"{self._param_name(index, param)}_{infix}"
-            out[f"{prefix}{MOMENT1}_0"] = state.moment1
-            out[f"{prefix}{MOMENT2}_0"] = state.moment2
-            if state.moment2_max is not None:
-                out[f"{prefix}{MOMENT2_MAX}_0"] = state.moment2_max
-            out[f"{prefix}{BETA1_POW}_0"] = state.beta_pow(0)
-            out[f"{prefix}{BETA2_POW}_0"] = state.beta_pow(1)
+            bucket, j = where
+            prefix = f"{self._param_name(index)}_{infix}"
+            out[f"{prefix}{MOMENT1}_0"] = bucket.state_view(bucket.moment1, j)
+            out[f"{prefix}{MOMENT2}_0"] = bucket.state_view(bucket.moment2, j)
+            if bucket.moment2_max is not None:
+                out[f"{prefix}{MOMENT2_MAX}_0"] = bucket.state_view(bucket.moment2_max, j)
+            out[f"{prefix}{BETA1_POW}_0"] = bucket.beta_pow(j, 0)
+            out[f"{prefix}{BETA2_POW}_0"] = bucket.beta_pow(j, 1)
         if isinstance(self._learning_rate, LRScheduler):
             out["LR_Scheduler"] = self._learning_rate.state_dict()
         return out
@@ -271,50 +265,41 @@ class _AdamBase:
 
     @torch.no_grad()
     def _apply(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        # Validate every pair before the first launch, so bad input changes nothing.
-        index_of = {id(p): i for i, p in enumerate(self._parameter_list)}
-        for param, grad in pairs:
-            if id(param) not in index_of:
+        """Update the params of ``pairs`` with their grads: validate all, then launch."""
+        for param, _ in pairs:
+            if id(param) not in self._index_of:
                 raise ValueError("a parameter passed to minimize() is not managed by this "
                                  "optimizer")
-            what = f"parameter '{self._param_name(index_of[id(param)], param)}'"
-            if grad.is_sparse or grad.layout != torch.strided:
-                raise NotImplementedError(f"{what} has a sparse gradient: sparse gradients "
-                                          "(lazy_mode) are not implemented yet (the lazy-mode "
-                                          "issue)")
-            if grad.dtype != param.dtype:
-                raise TypeError(f"{what}: gradient dtype {grad.dtype} differs from the "
-                                f"parameter's {param.dtype}")
-            if grad.shape != param.shape or grad.device != param.device:
-                raise ValueError(f"{what}: gradient {tuple(grad.shape)} on {grad.device} does "
-                                 f"not match the parameter {tuple(param.shape)} on "
-                                 f"{param.device}")
-            backend.check_runnable(param, what)
-            if not param.is_contiguous():
-                raise ValueError(f"{what} is no longer contiguous")
+        self._ensure_buckets(p for p, _ in pairs)
+        grads: dict[int, torch.Tensor] = {id(p): g for p, g in pairs}
+        plans = [(b, b.prepare([grads.get(id(p)) for p in b.params])) for b in self._buckets]
+        self._launch(plans)
 
+    def _launch(self, plans: list) -> None:
+        # Every bucket is validated before the first launch, so bad input changes nothing.
         lr = self.get_lr()
-        for param, grad in pairs:
-            state = self._state.get(id(param)) or self._create_state(param)
-            if self._tensor_hypers:
-                self._refresh_tensor_hypers(state)
-            # A gradient with other strides than its parameter (rare: a user-assigned view)
-            # is made contiguous, since the kernel walks both over the same flat range.
-            grad = grad if grad.is_contiguous() else grad.contiguous()
-            _adam_kernels.adam_update_(
-                param, grad, state.moment1, state.moment2, state.moment2_max, state.hyper,
-                state.pows[state.slot], state.pows[1 - state.slot], lr=lr,
-                coupled_decay=state.coupled_decay, decoupled_decay=state.decoupled_decay)
-            state.slot ^= 1
+        for bucket, plan in plans:
+            bucket.launch(plan, lr)
 
+    @torch.no_grad()
     def step(self) -> None:
         """Update every trainable parameter that has a gradient; others are left untouched.
 
         A zero gradient is still a step (moments decay, the pows advance); a ``None``
         gradient skips the parameter, whose step count then stays behind (Paddle's
-        per-parameter step count).
+        per-parameter step count). With ``use_multi_tensor=True`` this is one kernel launch
+        per bucket (parameters of one device and dtype), otherwise one per parameter.
         """
-        self._apply(self._params_and_grads())
+        if not self._buckets:
+            self._ensure_buckets(p for p in self._parameter_list
+                                 if p.requires_grad and p.grad is not None)
+        else:
+            self._ensure_buckets(p for p in self._parameter_list
+                                 if p.requires_grad and p.grad is not None
+                                 and id(p) not in self._where)
+        plans = [(b, b.prepare([p.grad if p.requires_grad else None for p in b.params]))
+                 for b in self._buckets]
+        self._launch(plans)
 
     def minimize(self, loss: torch.Tensor, startup_program: object = None,
                  parameters: Iterable[torch.Tensor] | None = None,
@@ -332,6 +317,31 @@ class _AdamBase:
         self._apply(pairs)
         return [], pairs
 
+    def append_regularization_ops(
+            self, parameters_and_grads: list[tuple[torch.Tensor, torch.Tensor | None]],
+            regularization: WeightDecayRegularizer | None = None
+    ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Paddle's ``append_regularization_ops``: ``(param, grad + decay term)`` pairs.
+
+        The parameter's own regularizer (``param.regularizer``) wins over ``regularization``;
+        with neither, or a None gradient, the pair is returned unchanged. The sums are new
+        tensors: gradients are not modified. (``step()`` does not call this: the kernels add
+        the same term while they read each gradient.)
+        """
+        if regularization is not None and not isinstance(regularization,
+                                                         WeightDecayRegularizer):
+            raise TypeError("regularization must be an L1Decay/L2Decay or None, got "
+                            f"{type(regularization).__name__}")
+        out = []
+        with torch.no_grad():
+            for param, grad in parameters_and_grads:
+                reg = param_regularizer(param) or regularization
+                if grad is None or reg is None:
+                    out.append((param, grad))
+                    continue
+                out.append((param, grad + reg.term(param.detach()).to(grad.dtype)))
+        return out
+
     def clear_grad(self, set_to_zero: bool = True) -> None:
         """Zero the gradients of trainable parameters in place, or set them to None."""
         for p in self._parameter_list:
@@ -347,6 +357,7 @@ class _AdamBase:
     def zero_grad(self, set_to_none: bool = True) -> None:
         """PyTorch's spelling: ``clear_grad(set_to_zero=not set_to_none)``."""
         self.clear_grad(set_to_zero=not set_to_none)
+
 
 
 class Adam(_AdamBase):
@@ -389,8 +400,23 @@ class Adam(_AdamBase):
         self.regularization = (L2Decay(float(weight_decay))
                                if isinstance(weight_decay, (int, float)) else weight_decay)
 
-    def _coupled_regularizer(self, param: torch.Tensor) -> WeightDecayRegularizer | None:
-        return self.regularization
+    def _check_group_weight_decay(self, options: dict, g: int) -> None:
+        wd = options.get("weight_decay")
+        if isinstance(wd, bool) or not (wd is None or isinstance(wd, (int, float,
+                                                                      WeightDecayRegularizer))):
+            raise TypeError(f"parameters[{g}]['weight_decay'] should be a float, an "
+                            f"L1Decay/L2Decay or None, got {type(wd).__name__}")
+
+    def _coupled_regularizer(self, index: int) -> WeightDecayRegularizer | None:
+        # Section 2: flat mode, the parameter's own regularizer wins; group mode, the group's
+        # weight_decay (default: the optimizer's) replaces it. Either way, None falls back to
+        # the optimizer's weight_decay (Paddle's append_regularization_ops).
+        if self._group_mode:
+            wd = self._option(index, "weight_decay", self.regularization)
+            reg = L2Decay(float(wd)) if isinstance(wd, (int, float)) else wd
+        else:
+            reg = param_regularizer(self._parameter_list[index])
+        return reg if reg is not None else self.regularization
 
 
 class AdamW(_AdamBase):
@@ -420,7 +446,7 @@ class AdamW(_AdamBase):
                  apply_decay_param_fun: Callable[[str], bool] | None = None,
                  grad_clip: object | None = None, lazy_mode: bool = False,
                  multi_precision: bool = False, amsgrad: bool = False,
-                 name: str | None = None) -> None:
+                 name: str | None = None, use_multi_tensor: bool = False) -> None:
         if isinstance(weight_decay, torch.Tensor) and weight_decay.numel() == 1:
             weight_decay = weight_decay.detach().reshape(()).item()  # once, at construction
         if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)):
@@ -430,25 +456,31 @@ class AdamW(_AdamBase):
         if apply_decay_param_fun is not None and not callable(apply_decay_param_fun):
             raise TypeError("apply_decay_param_fun should be a callable f(name) -> bool")
         super().__init__(learning_rate, beta1, beta2, epsilon, parameters, grad_clip,
-                         lazy_mode, multi_precision, False, name, amsgrad)
+                         lazy_mode, multi_precision, use_multi_tensor, name, amsgrad)
         self._coeff = float(np.float32(weight_decay))
-        self._lr_ratio = lr_ratio
+        self._lr_ratio_fn = lr_ratio
         self._apply_decay_param_fun = apply_decay_param_fun
 
-    def _coupled_regularizer(self, param: torch.Tensor) -> WeightDecayRegularizer | None:
-        return None
+    def _check_group_weight_decay(self, options: dict, g: int) -> None:
+        wd = options.get("weight_decay", 0.0)
+        if isinstance(wd, bool) or not isinstance(wd, (int, float)):
+            raise TypeError(f"parameters[{g}]['weight_decay'] is AdamW's decay coefficient and "
+                            f"should be a float, got {type(wd).__name__}")
 
-    def _decoupled_coeff(self, param: torch.Tensor) -> float:
+    def _coupled_regularizer(self, index: int) -> WeightDecayRegularizer | None:
+        # AdamW has no optimizer-wide regularizer, but a parameter's own is still added to
+        # its gradient, in flat and group mode alike.
+        return param_regularizer(self._parameter_list[index])
+
+    def _decoupled_coeff(self, index: int) -> float:
         if self._apply_decay_param_fun is not None:
-            index = next(i for i, p in enumerate(self._parameter_list) if p is param)
-            if not self._apply_decay_param_fun(self._param_name(index, param)):
+            if not self._apply_decay_param_fun(self._param_name(index)):
                 return 0.0
+        if self._group_mode and "weight_decay" in self._groups[self._group_of[index]].options:
+            return float(np.float32(self._option(index, "weight_decay", 0.0)))
         return self._coeff
 
-    def _lr_scale(self, param: torch.Tensor) -> float:
-        if self._lr_ratio is None:
+    def _lr_ratio(self, param: torch.Tensor) -> float:
+        if self._lr_ratio_fn is None:
             return 1.0
-        ratio = float(self._lr_ratio(param))
-        if not math.isfinite(ratio):
-            raise ValueError(f"lr_ratio returned {ratio} for a parameter")
-        return ratio
+        return float(self._lr_ratio_fn(param))

@@ -1,0 +1,310 @@
+"""How tensors are grouped into launches: buckets, their flat state, and the launch tables.
+
+A ``Bucket`` holds the parameters of one ``(device, param dtype)`` combination. It owns
+
+* the optimizer state of its members in flat buffers, one allocation per buffer per bucket
+  (``moment1``, ``moment2``, ``moment2_max``), each member's state a view of its region; every
+  region starts at a multiple of ``STATE_ALIGN`` elements, so every view is 16-byte aligned;
+* a device table of per-member hyper-parameters (``HYPER_*`` columns: learning-rate scale,
+  betas, epsilon, decay coefficients) and a two-slot table of beta pows;
+* for ``use_multi_tensor=True``, the launch tables of the multi-tensor kernel: an int64 row per
+  member (param and grad addresses, numel, state offset, active flag) and an int32 row per
+  program (member, chunk).
+
+The tables are built once and rebuilt only when something they describe changed. Each step
+compares, per member, the gradient object (held through a weak reference, so a gradient the
+user dropped is freed and a new object at a recycled address is noticed), its address and
+the param's address and strides with what the tables were built from; a change re-validates
+that member and re-uploads the address table (one small host-to-device copy). The chunk table
+depends only on which members are active and is rebuilt when that set changes.
+
+With ``use_multi_tensor=False`` the same state is updated by one launch of the dense kernel
+per member (``adam_update_``); both kernels run the same ``_adam_math``, with the same decay
+switches per bucket, so the two paths give bitwise identical results.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from triton_adam import backend
+from triton_adam.kernels import adam as K
+
+
+@dataclass
+class MemberConfig:
+    """What the optimizer decided for one parameter of a bucket.
+
+    ``hyper`` is the member's hyper-parameter row (``HYPER_*`` columns) with 0 where a value
+    comes from a tensor; ``tensor_hypers`` maps a column to the 1-element tensor read at every
+    step (tensor ``beta1``/``beta2``/``epsilon``). ``what`` names the member in errors.
+    """
+
+    hyper: list[float]
+    tensor_hypers: dict[int, torch.Tensor]
+    what: str
+
+
+@dataclass
+class StepPlan:
+    """A validated, launch-ready step of one bucket (no device work done yet)."""
+
+    grads: list[torch.Tensor | None]  # per member; contiguous when not None
+    active: tuple[bool, ...]
+    created: list[int]  # members whose state is created by this step
+
+
+def _pad(n: int) -> int:
+    return -(-n // K.STATE_ALIGN) * K.STATE_ALIGN
+
+
+class Bucket:
+    """The parameters of one launch, their flat state and their launch tables."""
+
+    def __init__(self, params: Sequence[torch.Tensor], configs: Sequence[MemberConfig], *,
+                 amsgrad: bool, multi_tensor: bool) -> None:
+        if not params:
+            raise ValueError("a bucket needs at least one parameter")
+        self.params = list(params)
+        self.configs = list(configs)
+        self.device = self.params[0].device
+        self.param_dtype = self.params[0].dtype
+        self.compute_dtype = K.compute_dtype_for(self.param_dtype)
+        self.amsgrad = amsgrad
+        self.multi_tensor = multi_tensor
+        # Decay switches per bucket, the same for both paths (bitwise identity): a member
+        # without decay has zero coefficients, which leave its values unchanged.
+        self.coupled_decay = any(c.hyper[K.HYPER_L2] != 0.0 or c.hyper[K.HYPER_L1] != 0.0
+                                 for c in self.configs)
+        self.decoupled_decay = any(c.hyper[K.HYPER_WD] != 0.0 for c in self.configs)
+
+        n = len(self.params)
+        self.numels = [p.numel() for p in self.params]
+        self.offsets = []
+        total = 0
+        for numel in self.numels:
+            self.offsets.append(total)
+            total += _pad(numel)
+        self.total = total
+        self.created = [False] * n  # state exists (Paddle: the member has had a step)
+
+        dev, cdt = self.device, self.compute_dtype
+        self.moment1 = torch.zeros(total, dtype=cdt, device=dev)
+        self.moment2 = torch.zeros(total, dtype=cdt, device=dev)
+        self.moment2_max = torch.zeros(total, dtype=cdt, device=dev) if amsgrad else None
+        self.hyper = torch.tensor([c.hyper for c in self.configs], dtype=cdt, device=dev)
+        pows = torch.zeros(2, n, K.POW_SLOT_WIDTH, dtype=cdt)
+        for j, c in enumerate(self.configs):
+            pows[:, j, 0] = c.hyper[K.HYPER_BETA1]
+            pows[:, j, 1] = c.hyper[K.HYPER_BETA2]
+        self.pows = pows.to(dev)
+        # The current pow slot: one for the whole bucket with multi-tensor launches (the
+        # kernel writes every member's pows), one per member otherwise.
+        self.slot = 0
+        self.slots = None if multi_tensor else [0] * n
+
+        # Tensor-valued betas/epsilon: (column, tensor, member rows) refreshed every step with
+        # one device copy per (tensor, column), never a host read.
+        groups: dict[tuple[int, int], tuple[int, torch.Tensor, list[int]]] = {}
+        for j, c in enumerate(self.configs):
+            for col, t in c.tensor_hypers.items():
+                groups.setdefault((col, id(t)), (col, t, []))[2].append(j)
+        self._tensor_hypers = [
+            (col, t, torch.tensor(rows, dtype=torch.int64, device=dev))
+            for col, t, rows in groups.values()]
+
+        # Multi-tensor launch tables and what they were built from.
+        self._host_table = np.zeros((n, K.TABLE_WIDTH), dtype=np.int64)
+        self._host_table[:, K.COL_NUMEL] = self.numels
+        self._host_table[:, K.COL_STATE_OFFSET] = self.offsets
+        self._built_grads: list[weakref.ref | None] = [None] * n
+        self._built_gptr = [0] * n
+        self._built_pptr = [-1] * n
+        self._device_table: torch.Tensor | None = None
+        self._aligned = False
+        self._chunk_key: tuple[bool, ...] | None = None
+        self._chunk_table: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------------------ state
+    def current_slot(self, j: int) -> int:
+        return self.slot if self.slots is None else self.slots[j]
+
+    def state_view(self, buffer: torch.Tensor, j: int) -> torch.Tensor:
+        """Member ``j``'s region of a flat state buffer, shaped like its param."""
+        off = self.offsets[j]
+        return buffer[off:off + self.numels[j]].view(self.params[j].shape)
+
+    def beta_pow(self, j: int, which: int) -> torch.Tensor:
+        """Member ``j``'s current ``beta{which+1}_pow`` as a 1-element view (shape [1])."""
+        return self.pows[self.current_slot(j), j, which:which + 1]
+
+    # ------------------------------------------------------------------------- validation
+    def _member_unchanged(self, j: int, g: torch.Tensor) -> bool:
+        ref = self._built_grads[j]
+        p = self.params[j]
+        return (ref is not None and ref() is g and g.data_ptr() == self._built_gptr[j]
+                and p.data_ptr() == self._built_pptr[j] and p.is_contiguous()
+                and g.is_contiguous())
+
+    def _validate(self, j: int, g: torch.Tensor) -> torch.Tensor:
+        p = self.params[j]
+        what = self.configs[j].what
+        if g.is_sparse or g.layout != torch.strided:
+            raise NotImplementedError(f"{what} has a sparse gradient: sparse gradients "
+                                      "(lazy_mode) are not implemented yet (the lazy-mode "
+                                      "issue)")
+        if g.dtype != p.dtype:
+            raise TypeError(f"{what}: gradient dtype {g.dtype} differs from the parameter's "
+                            f"{p.dtype}")
+        if g.shape != p.shape or g.device != p.device:
+            raise ValueError(f"{what}: gradient {tuple(g.shape)} on {g.device} does not match "
+                             f"the parameter {tuple(p.shape)} on {p.device}")
+        if p.dtype != self.param_dtype or p.device != self.device:
+            raise ValueError(f"{what} changed dtype or device since the optimizer first saw "
+                             f"it ({self.param_dtype} on {self.device})")
+        if not p.is_contiguous():
+            raise ValueError(f"{what} is no longer contiguous")
+        backend.check_runnable(p, what)
+        # A gradient with other strides than its parameter (rare: a user-assigned view) is
+        # read through a contiguous copy, since the kernels walk both over one flat range.
+        return g if g.is_contiguous() else g.contiguous()
+
+    def prepare(self, grads: Sequence[torch.Tensor | None]) -> StepPlan:
+        """Validate this step's gradients (None = member not updated); no device work.
+
+        Members whose gradient, gradient address and param address are those of the last
+        step are not re-validated: that is what keeps the host cost of a step small.
+        """
+        out: list[torch.Tensor | None] = list(grads)
+        for j, g in enumerate(out):
+            if g is not None and not self._member_unchanged(j, g):
+                out[j] = self._validate(j, g)
+        active = tuple(g is not None for g in out)
+        created = [j for j, a in enumerate(active) if a and not self.created[j]]
+        return StepPlan(out, active, created)
+
+    # ---------------------------------------------------------------------------- launches
+    def _refresh_tensor_hypers(self) -> None:
+        for col, t, rows in self._tensor_hypers:
+            src = t.detach().reshape(1).to(self.compute_dtype).expand(rows.numel())
+            self.hyper[:, col].index_copy_(0, rows, src)
+
+    def _create(self, members: list[int]) -> None:
+        """First step of ``members``: pows of tensor betas start at the tensor's value."""
+        for j in members:
+            for col, t in self.configs[j].tensor_hypers.items():
+                if col in (K.HYPER_BETA1, K.HYPER_BETA2):
+                    which = col - K.HYPER_BETA1
+                    self.pows[self.current_slot(j), j, which:which + 1].copy_(
+                        t.detach().reshape(1))
+            self.created[j] = True
+
+    def launch(self, plan: StepPlan, lr: float) -> None:
+        """Run the step planned by ``prepare`` (the plan must be this step's)."""
+        if not any(plan.active):
+            return  # no launch, no pow advance: nothing of this bucket had a gradient
+        if self._tensor_hypers:
+            self._refresh_tensor_hypers()
+        if plan.created:
+            self._create(plan.created)
+        if self.multi_tensor:
+            self._launch_multi(plan, lr)
+        else:
+            self._launch_each(plan, lr)
+
+    def _launch_each(self, plan: StepPlan, lr: float) -> None:
+        assert self.slots is not None
+        for j, g in enumerate(plan.grads):
+            if g is None:
+                continue
+            s = self.slots[j]
+            K.adam_update_(
+                self.params[j], g, self.state_view(self.moment1, j),
+                self.state_view(self.moment2, j),
+                None if self.moment2_max is None else self.state_view(self.moment2_max, j),
+                self.hyper[j], self.pows[s, j], self.pows[1 - s, j], lr=lr,
+                coupled_decay=self.coupled_decay, decoupled_decay=self.decoupled_decay)
+            self.slots[j] = 1 - s
+            self._remember(j, g)
+
+    def _remember(self, j: int, g: torch.Tensor) -> None:
+        self._built_grads[j] = weakref.ref(g)
+        self._built_gptr[j] = g.data_ptr()
+        self._built_pptr[j] = self.params[j].data_ptr()
+
+    def _tables(self, plan: StepPlan) -> tuple[torch.Tensor, torch.Tensor]:
+        """The launch tables for ``plan``, rebuilt only where something changed."""
+        stale = self._device_table is None or plan.active != self._chunk_key
+        table = self._host_table
+        for j, g in enumerate(plan.grads):
+            if g is None:
+                if table[j, K.COL_ACTIVE]:
+                    table[j, K.COL_ACTIVE] = 0
+                    table[j, K.COL_GRAD_ADDR] = 0
+                    self._built_grads[j] = None
+                    stale = True
+            elif not self._member_unchanged(j, g) or not table[j, K.COL_ACTIVE]:
+                table[j, K.COL_PARAM_ADDR] = self.params[j].data_ptr()
+                table[j, K.COL_GRAD_ADDR] = g.data_ptr()
+                table[j, K.COL_ACTIVE] = 1
+                self._remember(j, g)
+                stale = True
+        if stale:
+            active_rows = table[table[:, K.COL_ACTIVE] != 0]
+            addrs = active_rows[:, [K.COL_PARAM_ADDR, K.COL_GRAD_ADDR]]
+            self._aligned = bool(np.all(addrs % 16 == 0))
+            self._device_table = _upload(table, self.device)
+        if plan.active != self._chunk_key:
+            self._chunk_table = _upload(_chunk_rows(self.numels, plan.active), self.device)
+            self._chunk_key = plan.active
+        assert self._device_table is not None and self._chunk_table is not None
+        return self._device_table, self._chunk_table
+
+    def _launch_multi(self, plan: StepPlan, lr: float) -> None:
+        table, chunks = self._tables(plan)
+        s = self.slot
+        K.adam_update_tensor_list_(
+            table, chunks, self.moment1, self.moment2, self.moment2_max, self.hyper,
+            self.pows[s], self.pows[1 - s], lr=lr, param_dtype=self.param_dtype,
+            grad_dtype=self.param_dtype, aligned=self._aligned,
+            coupled_decay=self.coupled_decay, decoupled_decay=self.decoupled_decay)
+        self.slot = 1 - s
+
+
+def _chunk_rows(numels: Sequence[int], active: Sequence[bool]) -> np.ndarray:
+    """int32 ``[n_chunks, 2]``: (member, chunk index) for every chunk of the active members."""
+    members = np.flatnonzero(np.asarray(active, dtype=bool))
+    counts = -(-np.asarray(numels, dtype=np.int64)[members] // K.CHUNK_SIZE)
+    rows = np.repeat(members, counts)
+    firsts = np.repeat(np.cumsum(counts) - counts, counts)
+    chunk = np.arange(rows.size, dtype=np.int64) - firsts
+    return np.stack([rows, chunk], axis=1).astype(np.int32)
+
+
+def _upload(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host table on ``device``: from pinned memory and asynchronous on CUDA."""
+    host = torch.from_numpy(np.ascontiguousarray(array).copy())
+    if device.type == "cuda":
+        # A fresh pinned buffer per upload: the caching host allocator keeps it alive until
+        # the copy has run, so the host may rebuild the next table at once.
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device)
+
+
+def bucket_key(param: torch.Tensor) -> tuple[torch.device, torch.dtype]:
+    """What must be equal for two params to share a launch."""
+    return (param.device, param.dtype)
+
+
+def group_into_buckets(params: Sequence[torch.Tensor],
+                       make: Callable[[list[int]], Bucket]) -> list[Bucket]:
+    """One bucket per ``bucket_key``, members in parameter order, built by ``make(indices)``."""
+    by_key: dict[tuple, list[int]] = {}
+    for i, p in enumerate(params):
+        by_key.setdefault(bucket_key(p), []).append(i)
+    return [make(indices) for indices in by_key.values()]
