@@ -93,6 +93,24 @@ _STATE_ALIGN = tl.constexpr(STATE_ALIGN)
 
 
 @triton.jit
+def _sqrt(x):
+    """Correctly rounded square root (fp32: sqrt.rn, not Triton's default sqrt.approx.ftz)."""
+    if x.dtype == tl.float64:
+        return tl.sqrt(x)  # already sqrt.rn.f64
+    else:
+        return tl.sqrt_rn(x)
+
+
+@triton.jit
+def _div(a, b):
+    """Correctly rounded division (fp32: div.rn, not Triton's default div.full)."""
+    if a.dtype == tl.float64:
+        return a / b  # already div.rn.f64
+    else:
+        return tl.div_rn(a, b)
+
+
+@triton.jit
 def _step_scalars(hyper_row_ptr, pows_in_row_ptr, lr, compute_dtype: tl.constexpr):
     """The per-tensor scalars of a step, read once per program (shared by every kernel)."""
     lr_scale = tl.load(hyper_row_ptr + 0)
@@ -106,8 +124,10 @@ def _step_scalars(hyper_row_ptr, pows_in_row_ptr, lr, compute_dtype: tl.constexp
     beta2_pow = tl.load(pows_in_row_ptr + 1)
     # Scalars once per program; the per-element work is then multiplies and one divide.
     lr_t = (lr * lr_scale).to(compute_dtype)
-    step_size = lr_t / (1.0 - beta1_pow)
-    inv_sqrt_bc2 = 1.0 / tl.sqrt(1.0 - beta2_pow)
+    # Correctly rounded sqrt and division (as CUDA's defaults, which Paddle's kernel uses):
+    # Triton's plain `/` and tl.sqrt are approximate in fp32 (div.full, sqrt.approx.ftz).
+    step_size = _div(lr_t, 1.0 - beta1_pow)
+    inv_sqrt_bc2 = _div(tl.full((), 1.0, compute_dtype), _sqrt(1.0 - beta2_pow))
     return lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd
 
 
@@ -129,10 +149,10 @@ def _adam_math(p, g, m, v, vmax, lr_t, step_size, inv_sqrt_bc2, beta1, beta2, ep
     v = beta2 * v + (1.0 - beta2) * g * g
     if AMSGRAD:
         vmax = tl.maximum(vmax, v)
-        denom = tl.sqrt(vmax) * inv_sqrt_bc2 + eps
+        denom = _sqrt(vmax) * inv_sqrt_bc2 + eps
     else:
-        denom = tl.sqrt(v) * inv_sqrt_bc2 + eps
-    p = p - step_size * (m / denom)
+        denom = _sqrt(v) * inv_sqrt_bc2 + eps
+    p = p - step_size * _div(m, denom)
     return p, m, v, vmax
 
 

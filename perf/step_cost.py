@@ -75,6 +75,7 @@ class Stepper:
     build: Callable[[list[torch.Tensor]], object]  # params -> optimizer
     clip: bool = False  # clip_grad_norm_(params, 1.0) before each step
     host_time: bool = False  # its step does no arithmetic on the host once launches are no-ops
+    new_grads: bool = False  # every step gets new gradient tensors (zero_grad(set_to_none))
 
 
 # Modes of triton_adam (add multi-tensor, clipping, master weights here as they land), then
@@ -87,6 +88,14 @@ STEPPERS = [
             lambda ps: triton_adam.Adam(parameters=ps, weight_decay=triton_adam.L2Decay(1e-4)),
             host_time=True),
     Stepper("triton_adam AdamW", lambda ps: triton_adam.AdamW(parameters=ps), host_time=True),
+    Stepper("triton_adam Adam multi-tensor",
+            lambda ps: triton_adam.Adam(parameters=ps, use_multi_tensor=True), host_time=True),
+    Stepper("triton_adam Adam multi-tensor, new grads each step",
+            lambda ps: triton_adam.Adam(parameters=ps, use_multi_tensor=True), host_time=True,
+            new_grads=True),
+    Stepper("triton_adam AdamW multi-tensor amsgrad",
+            lambda ps: triton_adam.AdamW(parameters=ps, use_multi_tensor=True, amsgrad=True),
+            host_time=True),
     Stepper("torch Adam for-loop", lambda ps: torch.optim.Adam(ps, foreach=False)),
     Stepper("torch Adam foreach", lambda ps: torch.optim.Adam(ps, foreach=True)),
     Stepper("torch Adam fused", lambda ps: torch.optim.Adam(ps, fused=True)),
@@ -110,8 +119,11 @@ def measure(model: str, stepper: Stepper, divisor: int, steps: int) -> dict:
     """One row: counts of one steady-state step and the median host time of ``steps``."""
     shapes_for, _, _ = MODELS[model]
     params = [torch.nn.Parameter(torch.randn(shape) * 0.02) for shape in shapes_for(divisor)]
-    for p in params:
-        p.grad = torch.randn_like(p) * 1e-3
+    # Two sets of gradients: alternating them gives every step new gradient objects at new
+    # addresses (what zero_grad(set_to_none=True) + backward does), outside the timed region.
+    grad_sets = [[torch.randn_like(p) * 1e-3 for p in params] for _ in range(2)]
+    for p, g in zip(params, grad_sets[0]):
+        p.grad = g
     optimizer = stepper.build(params)
 
     def step() -> None:
@@ -120,9 +132,12 @@ def measure(model: str, stepper: Stepper, divisor: int, steps: int) -> dict:
         optimizer.step()
 
     with TritonLaunches(execute=False):
-        step()  # warm-up: creates the state
+        step()  # warm-up: creates the state and the launch tables
         times = []
-        for _ in range(steps if stepper.host_time else 0):
+        for i in range(steps if stepper.host_time else 0):
+            if stepper.new_grads:
+                for p, g in zip(params, grad_sets[(i + 1) % 2]):
+                    p.grad = g
             start = time.perf_counter()
             step()
             times.append(time.perf_counter() - start)

@@ -57,6 +57,7 @@ class StepPlan:
     grads: list[torch.Tensor | None]  # per member; contiguous when not None
     active: tuple[bool, ...]
     created: list[int]  # members whose state is created by this step
+    changed: list[int]  # active members whose gradient or param is not the one last seen
 
 
 def _pad(n: int) -> int:
@@ -92,6 +93,7 @@ class Bucket:
             total += _pad(numel)
         self.total = total
         self.created = [False] * n  # state exists (Paddle: the member has had a step)
+        self._created_key: tuple[bool, ...] | None = None  # an active set fully created
 
         dev, cdt = self.device, self.compute_dtype
         self.moment1 = torch.zeros(total, dtype=cdt, device=dev)
@@ -144,13 +146,6 @@ class Bucket:
         return self.pows[self.current_slot(j), j, which:which + 1]
 
     # ------------------------------------------------------------------------- validation
-    def _member_unchanged(self, j: int, g: torch.Tensor) -> bool:
-        ref = self._built_grads[j]
-        p = self.params[j]
-        return (ref is not None and ref() is g and g.data_ptr() == self._built_gptr[j]
-                and p.data_ptr() == self._built_pptr[j] and p.is_contiguous()
-                and g.is_contiguous())
-
     def _validate(self, j: int, g: torch.Tensor) -> torch.Tensor:
         p = self.params[j]
         what = self.configs[j].what
@@ -177,16 +172,30 @@ class Bucket:
     def prepare(self, grads: Sequence[torch.Tensor | None]) -> StepPlan:
         """Validate this step's gradients (None = member not updated); no device work.
 
-        Members whose gradient, gradient address and param address are those of the last
-        step are not re-validated: that is what keeps the host cost of a step small.
+        A member whose gradient is the same object at the same address, with its param at the
+        same address, both still contiguous, as when it was last launched, is not validated
+        again: those five cheap reads are all a step costs per tensor on the host. Anything
+        else (a new gradient object, even at a recycled address; a param whose storage was
+        replaced) is validated and marked changed, so its table row is rebuilt.
         """
         out: list[torch.Tensor | None] = list(grads)
+        refs, gptrs, pptrs, params = (self._built_grads, self._built_gptr, self._built_pptr,
+                                      self.params)
+        changed = []
         for j, g in enumerate(out):
-            if g is not None and not self._member_unchanged(j, g):
+            if g is None:
+                continue
+            ref = refs[j]
+            p = params[j]
+            if (ref is None or ref() is not g or g.data_ptr() != gptrs[j]
+                    or p.data_ptr() != pptrs[j] or not g.is_contiguous()
+                    or not p.is_contiguous()):
                 out[j] = self._validate(j, g)
+                changed.append(j)
         active = tuple(g is not None for g in out)
-        created = [j for j, a in enumerate(active) if a and not self.created[j]]
-        return StepPlan(out, active, created)
+        created = ([j for j, a in enumerate(active) if a and not self.created[j]]
+                   if active != self._created_key else [])
+        return StepPlan(out, active, created, changed)
 
     # ---------------------------------------------------------------------------- launches
     def _refresh_tensor_hypers(self) -> None:
@@ -212,6 +221,7 @@ class Bucket:
             self._refresh_tensor_hypers()
         if plan.created:
             self._create(plan.created)
+        self._created_key = plan.active
         if self.multi_tensor:
             self._launch_multi(plan, lr)
         else:
@@ -239,29 +249,28 @@ class Bucket:
 
     def _tables(self, plan: StepPlan) -> tuple[torch.Tensor, torch.Tensor]:
         """The launch tables for ``plan``, rebuilt only where something changed."""
-        stale = self._device_table is None or plan.active != self._chunk_key
         table = self._host_table
-        for j, g in enumerate(plan.grads):
-            if g is None:
-                if table[j, K.COL_ACTIVE]:
-                    table[j, K.COL_ACTIVE] = 0
-                    table[j, K.COL_GRAD_ADDR] = 0
-                    self._built_grads[j] = None
-                    stale = True
-            elif not self._member_unchanged(j, g) or not table[j, K.COL_ACTIVE]:
-                table[j, K.COL_PARAM_ADDR] = self.params[j].data_ptr()
-                table[j, K.COL_GRAD_ADDR] = g.data_ptr()
-                table[j, K.COL_ACTIVE] = 1
-                self._remember(j, g)
-                stale = True
-        if stale:
-            active_rows = table[table[:, K.COL_ACTIVE] != 0]
-            addrs = active_rows[:, [K.COL_PARAM_ADDR, K.COL_GRAD_ADDR]]
-            self._aligned = bool(np.all(addrs % 16 == 0))
-            self._device_table = _upload(table, self.device)
+        stale = self._device_table is None or bool(plan.changed)
+        for j in plan.changed:
+            g = plan.grads[j]
+            table[j, K.COL_PARAM_ADDR] = self.params[j].data_ptr()
+            table[j, K.COL_GRAD_ADDR] = g.data_ptr()
+            self._remember(j, g)
         if plan.active != self._chunk_key:
+            stale = True
+            active = np.fromiter(plan.active, dtype=bool, count=len(plan.active))
+            table[:, K.COL_ACTIVE] = active
+            # An inactive member's gradient may be gone: forget its address.
+            table[~active, K.COL_GRAD_ADDR] = 0
+            for j in np.flatnonzero(~active):
+                self._built_grads[j] = None
             self._chunk_table = _upload(_chunk_rows(self.numels, plan.active), self.device)
             self._chunk_key = plan.active
+        if stale:
+            rows = table[table[:, K.COL_ACTIVE] != 0]
+            addrs = rows[:, [K.COL_PARAM_ADDR, K.COL_GRAD_ADDR]]
+            self._aligned = bool(np.all(addrs % 16 == 0))
+            self._device_table = _upload(table, self.device)
         assert self._device_table is not None and self._chunk_table is not None
         return self._device_table, self._chunk_table
 

@@ -115,6 +115,7 @@ class _AdamBase:
         # later joins a new bucket.
         self._buckets: list[Bucket] = []
         self._where: dict[int, tuple[Bucket, int]] = {}  # id(param) -> (bucket, member)
+        self._unbucketed: list[torch.Tensor] = list(self._parameter_list)
 
     # ----------------------------------------------------------------- decay, per subclass
     def _check_group_weight_decay(self, options: dict, g: int) -> None:
@@ -215,6 +216,7 @@ class _AdamBase:
             for j, p in enumerate(bucket.params):
                 self._where[id(p)] = (bucket, j)
             self._buckets.append(bucket)
+        self._unbucketed = [p for p in self._parameter_list if id(p) not in self._where]
 
     def _ensure_buckets(self, with_grad: Iterable[torch.Tensor]) -> None:
         """Every parameter about to be updated is in a bucket; new buckets take every
@@ -290,13 +292,11 @@ class _AdamBase:
         per-parameter step count). With ``use_multi_tensor=True`` this is one kernel launch
         per bucket (parameters of one device and dtype), otherwise one per parameter.
         """
-        if not self._buckets:
-            self._ensure_buckets(p for p in self._parameter_list
-                                 if p.requires_grad and p.grad is not None)
-        else:
-            self._ensure_buckets(p for p in self._parameter_list
-                                 if p.requires_grad and p.grad is not None
-                                 and id(p) not in self._where)
+        # After the first step only the (usually no) parameters outside every bucket are
+        # looked at here: the buckets check their own members.
+        candidates = self._parameter_list if not self._buckets else self._unbucketed
+        if any(p.requires_grad and p.grad is not None for p in candidates):
+            self._ensure_buckets(p for p in candidates if p.requires_grad and p.grad is not None)
         plans = [(b, b.prepare([p.grad if p.requires_grad else None for p in b.params]))
                  for b in self._buckets]
         self._launch(plans)
