@@ -53,7 +53,9 @@ HYPER_EPS = 3
 HYPER_L2 = 4  # coupled L2Decay coefficient: g += l2 * p
 HYPER_L1 = 5  # coupled L1Decay coefficient: g += l1 * sign(p)
 HYPER_WD = 6  # decoupled (AdamW) coefficient: p -= lr_t * wd * p
-HYPER_WIDTH = 8  # padded to 8 so consecutive rows of a table stay 16-byte aligned
+HYPER_CLIP_MIN = 7  # ClipGradByValue bounds (-inf / inf for a tensor without value clipping)
+HYPER_CLIP_MAX = 8
+HYPER_WIDTH = 16  # padded to 16 so consecutive rows of a table stay 16-byte aligned
 
 # A pow slot holds (beta1_pow, beta2_pow) padded to 16 bytes in either compute dtype, so both
 # slots of a buffer have the same alignment and alternating them never changes the JIT's
@@ -68,6 +70,7 @@ COL_GRAD_ADDR = 1  # data_ptr() of the gradient (0 when the tensor is inactive t
 COL_NUMEL = 2  # elements of the param
 COL_STATE_OFFSET = 3  # where the tensor's region starts in the bucket's flat state buffers
 COL_ACTIVE = 4  # 1 if the tensor is updated this step (its pows advance), else 0
+COL_CLIP_INDEX = 5  # which entry of the clip-scale buffer multiplies the gradient (CLIP_SCALE)
 # Every tensor's region of a flat state buffer starts at a multiple of 16 elements, so it is
 # 16-byte aligned (64 B in fp32) and the kernel can promise so with tl.multiple_of.
 STATE_ALIGN = 16
@@ -88,6 +91,9 @@ _COL_GRAD_ADDR = tl.constexpr(COL_GRAD_ADDR)
 _COL_NUMEL = tl.constexpr(COL_NUMEL)
 _COL_STATE_OFFSET = tl.constexpr(COL_STATE_OFFSET)
 _COL_ACTIVE = tl.constexpr(COL_ACTIVE)
+_COL_CLIP_INDEX = tl.constexpr(COL_CLIP_INDEX)
+_HYPER_CLIP_MIN = tl.constexpr(HYPER_CLIP_MIN)
+_HYPER_CLIP_MAX = tl.constexpr(HYPER_CLIP_MAX)
 _STATE_ALIGN = tl.constexpr(STATE_ALIGN)
 
 
@@ -129,6 +135,24 @@ def _step_scalars(hyper_row_ptr, pows_in_row_ptr, lr, compute_dtype: tl.constexp
     step_size = _div(lr_t, 1.0 - beta1_pow)
     inv_sqrt_bc2 = _div(tl.full((), 1.0, compute_dtype), _sqrt(1.0 - beta2_pow))
     return lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd
+
+
+@triton.jit
+def _clip_scalars(clip_scale_ptr, hyper_row_ptr, compute_dtype: tl.constexpr,
+                  CLIP_SCALE: tl.constexpr, CLIP_VALUE: tl.constexpr):
+    """The tensor's gradient-clip values: a scale (norm clips) and value bounds."""
+    if CLIP_SCALE:
+        # The scale is in the norm's accumulation dtype; Paddle casts it to the gradient's.
+        g_scale = tl.load(clip_scale_ptr).to(compute_dtype)
+    else:
+        g_scale = tl.full((), 1.0, compute_dtype)
+    if CLIP_VALUE:
+        clip_lo = tl.load(hyper_row_ptr + _HYPER_CLIP_MIN)
+        clip_hi = tl.load(hyper_row_ptr + _HYPER_CLIP_MAX)
+    else:
+        clip_lo = tl.full((), 0.0, compute_dtype)
+        clip_hi = tl.full((), 0.0, compute_dtype)
+    return g_scale, clip_lo, clip_hi
 
 
 @triton.jit
@@ -174,14 +198,28 @@ def _adam_block(
     l2,
     l1,
     wd,
+    g_scale,
+    clip_lo,
+    clip_hi,
     AMSGRAD: tl.constexpr,
     COUPLED_DECAY: tl.constexpr,
     DECOUPLED_DECAY: tl.constexpr,
+    CLIP_SCALE: tl.constexpr,
+    CLIP_VALUE: tl.constexpr,
 ):
-    """Loads, updates and stores one block; ``mask`` is None on full blocks (vector access)."""
+    """Loads, updates and stores one block; ``mask`` is None on full blocks (vector access).
+
+    Gradient clipping happens here, as the gradient is read (Paddle clips before it adds the
+    regularizer): ``g * g_scale`` (a global or per-tensor norm clip, computed on the device)
+    and the clamp to ``[clip_lo, clip_hi]`` (``ClipGradByValue``; NaN stays NaN).
+    """
     compute_dtype = exp_avg_ptr.dtype.element_ty
     p = tl.load(param_ptr + offs, mask=mask).to(compute_dtype)
     g = tl.load(grad_ptr + offs, mask=mask).to(compute_dtype)
+    if CLIP_SCALE:
+        g = g * g_scale
+    if CLIP_VALUE:
+        g = tl.where(g < clip_lo, clip_lo, tl.where(g > clip_hi, clip_hi, g))
     m = tl.load(exp_avg_ptr + offs, mask=mask)
     v = tl.load(exp_avg_sq_ptr + offs, mask=mask)
     if AMSGRAD:
@@ -207,12 +245,15 @@ def _adam_kernel(
     hyper_ptr,  # *C: the tensor's hyper-parameter row (HYPER_* columns)
     pows_in_ptr,  # *C: (beta1_pow, beta2_pow) used by this step
     pows_out_ptr,  # *C: receives the advanced pows; never the same memory as pows_in_ptr
+    clip_scale_ptr,  # *S: the scale that multiplies the gradient (CLIP_SCALE only)
     lr: tl.float64,  # the step's learning rate, exact in float64 (per step: never constexpr)
     n_elements,  # number of elements of the range
     BLOCK: tl.constexpr,  # elements per program
     AMSGRAD: tl.constexpr,  # keep and use moment2_max
     COUPLED_DECAY: tl.constexpr,  # add l2 * p + l1 * sign(p) to the gradient
     DECOUPLED_DECAY: tl.constexpr,  # AdamW: p -= lr_t * wd * p before the update
+    CLIP_SCALE: tl.constexpr,  # multiply the gradient by *clip_scale_ptr (norm clipping)
+    CLIP_VALUE: tl.constexpr,  # clamp the gradient to the hyper row's clip bounds
 ):
     compute_dtype = exp_avg_ptr.dtype.element_ty
     pid = tl.program_id(0).to(tl.int64)  # int64: ranges beyond 2^31 elements exist
@@ -220,16 +261,20 @@ def _adam_kernel(
     offs = block_start + tl.arange(0, BLOCK)
     lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd = _step_scalars(
         hyper_ptr, pows_in_ptr, lr, compute_dtype)
+    g_scale, clip_lo, clip_hi = _clip_scalars(clip_scale_ptr, hyper_ptr, compute_dtype,
+                                              CLIP_SCALE, CLIP_VALUE)
 
     if block_start + BLOCK <= n_elements:
         # Full block: unmasked, so the compiler keeps 16-byte vector loads and stores.
         _adam_block(param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, max_exp_avg_sq_ptr,
                     offs, None, lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd,
-                    AMSGRAD, COUPLED_DECAY, DECOUPLED_DECAY)
+                    g_scale, clip_lo, clip_hi, AMSGRAD, COUPLED_DECAY, DECOUPLED_DECAY,
+                    CLIP_SCALE, CLIP_VALUE)
     else:
         _adam_block(param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, max_exp_avg_sq_ptr,
                     offs, offs < n_elements, lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps,
-                    l2, l1, wd, AMSGRAD, COUPLED_DECAY, DECOUPLED_DECAY)
+                    l2, l1, wd, g_scale, clip_lo, clip_hi, AMSGRAD, COUPLED_DECAY,
+                    DECOUPLED_DECAY, CLIP_SCALE, CLIP_VALUE)
 
     if pid == 0:
         # Re-read (from cache) rather than keep the pows and betas live across the block body:
@@ -248,6 +293,7 @@ def _adam_tensor_list_kernel(
     hyper_ptr,  # *C [n_tensors, HYPER_WIDTH]: per-tensor hyper-parameter rows
     pows_in_ptr,  # *C [n_tensors, POW_SLOT_WIDTH]: the pows this step uses
     pows_out_ptr,  # *C [n_tensors, POW_SLOT_WIDTH]: receives the pows of the next step
+    clip_scales_ptr,  # *S: clip scales, indexed by the tensor table's COL_CLIP_INDEX
     lr: tl.float64,  # the step's learning rate (per step: never constexpr)
     n_tensors,  # rows of the tensor table (every tensor of the bucket, active or not)
     n_chunks,  # rows of the chunk table: programs [0, n_chunks) update elements, the rest pows
@@ -259,6 +305,8 @@ def _adam_tensor_list_kernel(
     AMSGRAD: tl.constexpr,
     COUPLED_DECAY: tl.constexpr,
     DECOUPLED_DECAY: tl.constexpr,
+    CLIP_SCALE: tl.constexpr,
+    CLIP_VALUE: tl.constexpr,
 ):
     compute_dtype = exp_avg_ptr.dtype.element_ty
     pid = tl.program_id(0).to(tl.int64)  # int64: chunk-table offsets beyond 2^31 exist
@@ -277,6 +325,9 @@ def _adam_tensor_list_kernel(
         state_offset = tl.multiple_of(tl.load(row + _COL_STATE_OFFSET), _STATE_ALIGN)
         lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd = _step_scalars(
             hyper_ptr + t * _HYPER_WIDTH, pows_in_ptr + t * _POW_SLOT_WIDTH, lr, compute_dtype)
+        g_scale, clip_lo, clip_hi = _clip_scalars(
+            clip_scales_ptr + tl.load(row + _COL_CLIP_INDEX), hyper_ptr + t * _HYPER_WIDTH,
+            compute_dtype, CLIP_SCALE, CLIP_VALUE)
 
         block_start = chunk * BLOCK  # int64
         offs = block_start + tl.arange(0, BLOCK)
@@ -285,12 +336,14 @@ def _adam_tensor_list_kernel(
         vmax_ptr = max_exp_avg_sq_ptr + state_offset
         if block_start + BLOCK <= n_elements:
             _adam_block(param_ptr, grad_ptr, m_ptr, v_ptr, vmax_ptr, offs, None, lr_t,
-                        step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd, AMSGRAD,
-                        COUPLED_DECAY, DECOUPLED_DECAY)
+                        step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd, g_scale,
+                        clip_lo, clip_hi, AMSGRAD, COUPLED_DECAY, DECOUPLED_DECAY, CLIP_SCALE,
+                        CLIP_VALUE)
         else:
             _adam_block(param_ptr, grad_ptr, m_ptr, v_ptr, vmax_ptr, offs, offs < n_elements,
-                        lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd, AMSGRAD,
-                        COUPLED_DECAY, DECOUPLED_DECAY)
+                        lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd, g_scale,
+                        clip_lo, clip_hi, AMSGRAD, COUPLED_DECAY, DECOUPLED_DECAY, CLIP_SCALE,
+                        CLIP_VALUE)
 
     else:
         # The programs after the chunks write every tensor's pows to the other slot: advanced
@@ -312,13 +365,16 @@ def compute_dtype_for(param_dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if param_dtype == torch.float64 else torch.float32
 
 
-def kernel_constexprs(*, amsgrad: bool, coupled_decay: bool, decoupled_decay: bool) -> dict:
+def kernel_constexprs(*, amsgrad: bool, coupled_decay: bool, decoupled_decay: bool,
+                      clip_scale: bool = False, clip_value: bool = False) -> dict:
     """The constexpr arguments of one specialization (shared with the compile check)."""
     return dict(
         BLOCK=BLOCK_SIZE,
         AMSGRAD=bool(amsgrad),
         COUPLED_DECAY=bool(coupled_decay),
         DECOUPLED_DECAY=bool(decoupled_decay),
+        CLIP_SCALE=bool(clip_scale),
+        CLIP_VALUE=bool(clip_value),
     )
 
 
@@ -342,6 +398,8 @@ def adam_update_(
     lr: float,
     coupled_decay: bool,
     decoupled_decay: bool,
+    clip_scale: torch.Tensor | None = None,
+    clip_value: bool = False,
 ) -> None:
     """Apply one Adam step to ``param`` in place, with one kernel launch.
 
@@ -357,6 +415,9 @@ def adam_update_(
         lr: the step's learning rate (a Python float, passed to the kernel as float64).
         coupled_decay: add ``l2 * p + l1 * sign(p)`` to the gradient.
         decoupled_decay: AdamW's ``p -= lr * lr_scale * wd * p``.
+        clip_scale: a 1-element float32/float64 tensor on the param's device that multiplies
+            the gradient as it is read (a norm clip's scale, computed on the device), or None.
+        clip_value: clamp the gradient to ``hyper[HYPER_CLIP_MIN], hyper[HYPER_CLIP_MAX]``.
     """
     cdtype = compute_dtype_for(param.dtype)
     _check(param.dtype in (torch.float32, torch.float64), lambda:
@@ -381,6 +442,11 @@ def adam_update_(
     _check(hyper.numel() >= HYPER_WIDTH, lambda: f"hyper has {hyper.numel()} < {HYPER_WIDTH} values")
     _check(pows_in.numel() >= 2 and pows_out.numel() >= 2, lambda: "pows need 2 values each")
     _check(pows_in.data_ptr() != pows_out.data_ptr(), lambda: "pows_in and pows_out must differ")
+    if clip_scale is not None:
+        _check(clip_scale.numel() >= 1 and clip_scale.device == param.device
+               and clip_scale.dtype in (torch.float32, torch.float64), lambda:
+               f"clip_scale must be a float32/float64 tensor on {param.device}, got "
+               f"{clip_scale.dtype} {tuple(clip_scale.shape)} on {clip_scale.device}")
 
     n = param.numel()
     # At least one program, so the pows advance also for an empty tensor.
@@ -389,9 +455,11 @@ def adam_update_(
         param, grad, exp_avg, exp_avg_sq,
         max_exp_avg_sq if max_exp_avg_sq is not None else exp_avg_sq,
         hyper, pows_in, pows_out,
+        clip_scale if clip_scale is not None else hyper,
         float(lr), n,
         **kernel_constexprs(amsgrad=max_exp_avg_sq is not None, coupled_decay=coupled_decay,
-                            decoupled_decay=decoupled_decay),
+                            decoupled_decay=decoupled_decay,
+                            clip_scale=clip_scale is not None, clip_value=clip_value),
         num_warps=NUM_WARPS,
     )
 
@@ -416,6 +484,8 @@ def adam_update_tensor_list_(
     aligned: bool,
     coupled_decay: bool,
     decoupled_decay: bool,
+    clip_scales: torch.Tensor | None = None,
+    clip_value: bool = False,
 ) -> None:
     """Apply one Adam step to every active tensor of a bucket, with one kernel launch.
 
@@ -439,6 +509,10 @@ def adam_update_tensor_list_(
         aligned: every param and grad address in the table is a multiple of 16 bytes.
         coupled_decay, decoupled_decay: as in ``adam_update_``; tensors without decay have
             zero coefficients in their hyper row.
+        clip_scales: 1-D float32/float64 clip scales; a tensor's gradient is multiplied by
+            ``clip_scales[table[t, COL_CLIP_INDEX]]`` (an entry holding 1 for unclipped
+            tensors), or None for no norm clipping.
+        clip_value: clamp gradients to their hyper row's clip bounds.
     """
     cdtype = exp_avg.dtype
     n_tensors = tensor_table.shape[0] if tensor_table.dim() == 2 else -1
@@ -471,6 +545,10 @@ def adam_update_tensor_list_(
     for name, t in args + [(name, t) for name, t, _ in expected]:
         _check(t.device == device, lambda: f"{name} is on {t.device}, the state on {device}")
     _check(pows_in.data_ptr() != pows_out.data_ptr(), lambda: "pows_in and pows_out must differ")
+    if clip_scales is not None:
+        _check(clip_scales.dim() == 1 and clip_scales.device == device
+               and clip_scales.dtype in (torch.float32, torch.float64), lambda:
+               f"clip_scales must be a 1-D float32/float64 tensor on {device}")
 
     n_chunks = chunk_table.shape[0]
     if n_tensors == 0:
@@ -479,16 +557,19 @@ def adam_update_tensor_list_(
     _adam_tensor_list_kernel[grid](
         tensor_table, chunk_table, exp_avg, exp_avg_sq,
         max_exp_avg_sq if max_exp_avg_sq is not None else exp_avg_sq,
-        hyper, pows_in, pows_out, float(lr), n_tensors, n_chunks,
+        hyper, pows_in, pows_out, clip_scales if clip_scales is not None else hyper,
+        float(lr), n_tensors, n_chunks,
         **tensor_list_constexprs(param_dtype=param_dtype, grad_dtype=grad_dtype, aligned=aligned,
                                  amsgrad=max_exp_avg_sq is not None,
-                                 coupled_decay=coupled_decay, decoupled_decay=decoupled_decay),
+                                 coupled_decay=coupled_decay, decoupled_decay=decoupled_decay,
+                                 clip_scale=clip_scales is not None, clip_value=clip_value),
         num_warps=NUM_WARPS,
     )
 
 
 def tensor_list_constexprs(*, param_dtype: torch.dtype, grad_dtype: torch.dtype, aligned: bool,
-                           amsgrad: bool, coupled_decay: bool, decoupled_decay: bool) -> dict:
+                           amsgrad: bool, coupled_decay: bool, decoupled_decay: bool,
+                           clip_scale: bool = False, clip_value: bool = False) -> dict:
     """The constexpr arguments of one multi-tensor specialization (shared with the compile
     check)."""
     return dict(
@@ -500,4 +581,6 @@ def tensor_list_constexprs(*, param_dtype: torch.dtype, grad_dtype: torch.dtype,
         AMSGRAD=bool(amsgrad),
         COUPLED_DECAY=bool(coupled_decay),
         DECOUPLED_DECAY=bool(decoupled_decay),
+        CLIP_SCALE=bool(clip_scale),
+        CLIP_VALUE=bool(clip_value),
     )

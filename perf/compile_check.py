@@ -68,24 +68,31 @@ def adam_specializations() -> list[Specialization]:
     """
     specs = []
     pointer_args = ["param_ptr", "grad_ptr", "exp_avg_ptr", "exp_avg_sq_ptr",
-                    "max_exp_avg_sq_ptr", "hyper_ptr", "pows_in_ptr", "pows_out_ptr"]
-    for dtype, amsgrad, coupled, decoupled, n_type in itertools.product(
-            (torch.float32, torch.float64), (False, True), (False, True), (False, True),
-            ("i32", "i64")):
+                    "max_exp_avg_sq_ptr", "hyper_ptr", "pows_in_ptr", "pows_out_ptr",
+                    "clip_scale_ptr"]
+    variants = [(d, a, c, w, n, False) for d, a, c, w, n in itertools.product(
+        (torch.float32, torch.float64), (False, True), (False, True), (False, True),
+        ("i32", "i64"))]
+    # Gradient clipping (a norm clip's scale and value bounds, both applied as g is read).
+    variants += [(d, a, False, False, "i32", True) for d in (torch.float32, torch.float64)
+                 for a in (False, True)]
+    for dtype, amsgrad, coupled, decoupled, n_type, clip in variants:
         p_ty = _TRITON_TYPE[dtype]
         c_ty = _TRITON_TYPE[adam.compute_dtype_for(dtype)]
         constexprs = adam.kernel_constexprs(amsgrad=amsgrad, coupled_decay=coupled,
-                                            decoupled_decay=decoupled)
+                                            decoupled_decay=decoupled, clip_scale=clip,
+                                            clip_value=clip)
         signature = {
             "param_ptr": f"*{p_ty}", "grad_ptr": f"*{p_ty}", "exp_avg_ptr": f"*{c_ty}",
             "exp_avg_sq_ptr": f"*{c_ty}", "max_exp_avg_sq_ptr": f"*{c_ty}",
             "hyper_ptr": f"*{c_ty}", "pows_in_ptr": f"*{c_ty}", "pows_out_ptr": f"*{c_ty}",
-            "lr": "fp64", "n_elements": n_type,
+            "clip_scale_ptr": f"*{c_ty}", "lr": "fp64", "n_elements": n_type,
             **{k: "constexpr" for k in constexprs},
         }
         divisible = tuple(pointer_args) + (("n_elements",) if n_type == "i32" else ())
         mode = " ".join([p_ty] + ["amsgrad"] * amsgrad + ["coupled-decay"] * coupled
-                        + ["decoupled-decay"] * decoupled + [f"n:{n_type}"])
+                        + ["decoupled-decay"] * decoupled + ["clip"] * clip
+                        + [f"n:{n_type}"])
         specs.append(Specialization(
             adam._adam_kernel, f"adam {mode}", signature, constexprs, divisible,
             num_warps=adam.NUM_WARPS, elements_per_program=constexprs["BLOCK"],
@@ -103,25 +110,29 @@ def tensor_list_specializations() -> list[Specialization]:
     """
     specs = []
     pointer_args = ["tensor_table_ptr", "chunk_table_ptr", "exp_avg_ptr", "exp_avg_sq_ptr",
-                    "max_exp_avg_sq_ptr", "hyper_ptr", "pows_in_ptr", "pows_out_ptr"]
-    variants = [(d, a, c, w, True) for d, a, c, w in itertools.product(
+                    "max_exp_avg_sq_ptr", "hyper_ptr", "pows_in_ptr", "pows_out_ptr",
+                    "clip_scales_ptr"]
+    variants = [(d, a, c, w, True, False) for d, a, c, w in itertools.product(
         (torch.float32, torch.float64), (False, True), (False, True), (False, True))]
-    variants += [(d, False, False, False, False) for d in (torch.float32, torch.float64)]
-    for dtype, amsgrad, coupled, decoupled, aligned in variants:
+    variants += [(d, False, False, False, False, False) for d in (torch.float32, torch.float64)]
+    variants += [(d, a, False, False, True, True) for d in (torch.float32, torch.float64)
+                 for a in (False, True)]
+    for dtype, amsgrad, coupled, decoupled, aligned, clip in variants:
         p_ty = _TRITON_TYPE[dtype]
         c_ty = _TRITON_TYPE[adam.compute_dtype_for(dtype)]
         constexprs = adam.tensor_list_constexprs(
             param_dtype=dtype, grad_dtype=dtype, aligned=aligned, amsgrad=amsgrad,
-            coupled_decay=coupled, decoupled_decay=decoupled)
+            coupled_decay=coupled, decoupled_decay=decoupled, clip_scale=clip, clip_value=clip)
         signature = {
             "tensor_table_ptr": "*i64", "chunk_table_ptr": "*i32", "exp_avg_ptr": f"*{c_ty}",
             "exp_avg_sq_ptr": f"*{c_ty}", "max_exp_avg_sq_ptr": f"*{c_ty}",
             "hyper_ptr": f"*{c_ty}", "pows_in_ptr": f"*{c_ty}", "pows_out_ptr": f"*{c_ty}",
-            "lr": "fp64", "n_tensors": "i32", "n_chunks": "i32",
+            "clip_scales_ptr": f"*{c_ty}", "lr": "fp64", "n_tensors": "i32", "n_chunks": "i32",
             **{k: "constexpr" for k in constexprs},
         }
         mode = " ".join([p_ty] + ["amsgrad"] * amsgrad + ["coupled-decay"] * coupled
-                        + ["decoupled-decay"] * decoupled + ([] if aligned else ["unaligned"]))
+                        + ["decoupled-decay"] * decoupled + ["clip"] * clip
+                        + ([] if aligned else ["unaligned"]))
         specs.append(Specialization(
             adam._adam_tensor_list_kernel, f"tensor-list {mode}", signature, constexprs,
             tuple(pointer_args), num_warps=adam.NUM_WARPS,
@@ -130,9 +141,31 @@ def tensor_list_specializations() -> list[Specialization]:
     return specs
 
 
+def norm_specializations() -> list[Specialization]:
+    """The global-norm pass as the optimizer launches it: one block per chunk-table row (the
+    loop-free specialization), aligned, for every gradient dtype. Its floor is one read of
+    the gradient (``perf/floors.py``, "norm <dtype>")."""
+    from triton_adam.kernels import norm
+
+    specs = []
+    for grad in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+        acc = norm.accumulation_dtype_for([grad])
+        constexprs = norm.sum_squares_constexprs(grad_dtype=grad, acc_dtype=acc, aligned=True,
+                                                 chunk_size=adam.CHUNK_SIZE)
+        signature = {"tensor_table_ptr": "*i64", "chunk_table_ptr": "*i32",
+                     "partials_ptr": f"*{_TRITON_TYPE[acc]}",
+                     **{k: "constexpr" for k in constexprs}}
+        g_ty = _TRITON_TYPE[grad]
+        specs.append(Specialization(
+            norm._sum_squares_kernel, f"norm {g_ty}", signature, constexprs,
+            ("tensor_table_ptr", "chunk_table_ptr", "partials_ptr"), num_warps=adam.NUM_WARPS,
+            elements_per_program=constexprs["BLOCK"], floor_mode=f"norm {g_ty}"))
+    return specs
+
+
 def specializations() -> list[Specialization]:
     """All kernel specializations of the library (extended as kernels land)."""
-    return adam_specializations() + tensor_list_specializations()
+    return adam_specializations() + tensor_list_specializations() + norm_specializations()
 
 
 def compile_specialization(spec: Specialization, target: GPUTarget):

@@ -33,6 +33,12 @@ FLOORS: dict[str, Floor] = {
     "fp32 amsgrad": Floor(read=20, write=16, grad_bytes=4),  # + vmax / + vmax
     "fp64": Floor(read=32, write=24, grad_bytes=8),
     "fp64 amsgrad": Floor(read=40, write=32, grad_bytes=8),
+    # The global-norm pass of clipping: one read of the gradient (its partial sums are per
+    # program). A clipped step moves the update's floor plus this.
+    "norm fp32": Floor(read=4, write=0, grad_bytes=4),
+    "norm bf16": Floor(read=2, write=0, grad_bytes=2),
+    "norm fp16": Floor(read=2, write=0, grad_bytes=2),
+    "norm fp64": Floor(read=8, write=0, grad_bytes=8),
 }
 
 # Peer -> extra passes over the gradient on top of the single-pass update.

@@ -33,6 +33,11 @@ MODES = {
 }
 
 
+def _row(values, dtype=torch.float32):
+    """A kernel hyper-parameter row (HYPER_* columns), zero-padded to HYPER_WIDTH."""
+    return torch.tensor(list(values) + [0.0] * (K.HYPER_WIDTH - len(values)), dtype=dtype)
+
+
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, what: str):
     """Compare with the dtype's tolerance; on failure name the first mismatching index."""
     actual64, expected64 = actual.to(torch.float64), expected.to(torch.float64)
@@ -56,7 +61,7 @@ def run_kernel_and_reference(n: int, dtype: torch.dtype, mode: str, steps: int =
     m = torch.zeros(n, dtype=dtype)
     v = torch.zeros(n, dtype=dtype)
     vmax = torch.zeros(n, dtype=dtype) if amsgrad else None
-    hyper = torch.tensor([lr_scale, beta1, beta2, eps, l2, l1, wd, 0.0], dtype=dtype)
+    hyper = _row([lr_scale, beta1, beta2, eps, l2, l1, wd], dtype=dtype)
     pows = torch.zeros(2, K.POW_SLOT_WIDTH, dtype=dtype)
     pows[0, 0], pows[0, 1] = beta1, beta2
     slot = 0
@@ -94,7 +99,7 @@ def test_every_element_moves():
     param = torch.randn(n)
     before = param.clone()
     grad = torch.randn(n)
-    hyper = torch.tensor([1.0, 0.9, 0.999, 1e-8, 0, 0, 0, 0])
+    hyper = _row([1.0, 0.9, 0.999, 1e-8])
     pows = torch.tensor([[0.9, 0.999, 0, 0], [0, 0, 0, 0]])
     K.adam_update_(param, grad, torch.zeros(n), torch.zeros(n), None, hyper, pows[0], pows[1],
                    lr=0.1, coupled_decay=False, decoupled_decay=False)
@@ -110,7 +115,7 @@ def test_float64_learning_rate_is_not_rounded_to_float32():
     n = 5
     param = torch.zeros(n, dtype=torch.float64)
     grad = torch.ones(n, dtype=torch.float64)
-    hyper = torch.tensor([1.0, 0.9, 0.999, 0.0, 0, 0, 0, 0], dtype=torch.float64)
+    hyper = _row([1.0, 0.9, 0.999, 0.0], dtype=torch.float64)
     pows = torch.tensor([[0.9, 0.999, 0, 0], [0, 0, 0, 0]], dtype=torch.float64)
     K.adam_update_(param, grad, torch.zeros(n, dtype=torch.float64),
                    torch.zeros(n, dtype=torch.float64), None, hyper, pows[0], pows[1], lr=lr,
@@ -121,7 +126,7 @@ def test_float64_learning_rate_is_not_rounded_to_float32():
 
 def test_empty_tensor_still_advances_pows():
     param = torch.zeros(0)
-    hyper = torch.tensor([1.0, 0.9, 0.999, 1e-8, 0, 0, 0, 0])
+    hyper = _row([1.0, 0.9, 0.999, 1e-8])
     pows = torch.tensor([[0.9, 0.999, 0, 0], [float("nan")] * 4])
     K.adam_update_(param, torch.zeros(0), torch.zeros(0), torch.zeros(0), None, hyper, pows[0],
                    pows[1], lr=0.1, coupled_decay=False, decoupled_decay=False)
@@ -133,13 +138,13 @@ def test_empty_tensor_still_advances_pows():
     (lambda a: a.update(exp_avg=torch.zeros(7)), "exp_avg has 7 elements"),
     (lambda a: a.update(exp_avg_sq=torch.zeros(16, 2)[:, 0]), "exp_avg_sq is not contiguous"),
     (lambda a: a.update(pows_out=a["pows_in"]), "must differ"),
-    (lambda a: a.update(hyper=torch.zeros(8, dtype=torch.float64)), "hyper dtype"),
+    (lambda a: a.update(hyper=torch.zeros(K.HYPER_WIDTH, dtype=torch.float64)), "hyper dtype"),
 ])
 def test_launcher_rejects_bad_arguments_without_writing(bad, message):
     n = 16
     args = dict(param=torch.randn(n), grad=torch.randn(n), exp_avg=torch.zeros(n),
                 exp_avg_sq=torch.zeros(n), max_exp_avg_sq=None,
-                hyper=torch.tensor([1.0, 0.9, 0.999, 1e-8, 0, 0, 0, 0]))
+                hyper=_row([1.0, 0.9, 0.999, 1e-8]))
     pows = torch.tensor([[0.9, 0.999, 0, 0], [0, 0, 0, 0]])
     args.update(pows_in=pows[0], pows_out=pows[1])
     bad(args)

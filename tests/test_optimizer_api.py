@@ -105,14 +105,6 @@ def test_non_contiguous_parameter_is_an_error():
         triton_adam.Adam(parameters=[p])
 
 
-@pytest.mark.parametrize("kwargs, option", [
-    (dict(grad_clip=object()), "grad_clip"),
-])
-def test_unimplemented_options_are_named(kwargs, option):
-    with pytest.raises(NotImplementedError, match=option):
-        triton_adam.Adam(parameters=make_params(1), **kwargs)
-
-
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_params_not_yet_supported(dtype):
     with pytest.raises(NotImplementedError, match="multi_precision"):

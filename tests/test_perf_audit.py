@@ -35,8 +35,9 @@ def audit(tmp_path_factory):
 def test_audit_covers_every_specialization_and_plots(audit):
     result, report, out = audit
     rows = report["rows"]
-    # 32 dense-update and 18 multi-tensor variants x sm_80, sm_90
-    assert len(rows) == 2 * (32 + 18), len(rows)
+    # 32 + 4 clipped dense-update, 18 + 4 clipped multi-tensor and 4 norm-pass variants
+    # x sm_80, sm_90
+    assert len(rows) == 2 * (36 + 22 + 4), len(rows)
     assert {r["target"] for r in rows} == {"sm_80", "sm_90"}
     assert (out / "bytes.png").stat().st_size > 10_000
     # exit status 1 exactly when some row fails, and the failures are printed
@@ -60,6 +61,12 @@ def _rows():
         mode = " ".join(["tensor-list", dtype] + ["amsgrad"] * ams
                         + ["coupled-decay"] * coupled + ["decoupled-decay"] * decoupled)
         yield pytest.param(target, mode, id=f"{target}-{mode}")
+    for dtype, ams, target in product(dtypes, flags, ("sm_80", "sm_90")):
+        for kernel, suffix in (("adam", " n:i32"), ("tensor-list", "")):
+            mode = " ".join([kernel, dtype] + ["amsgrad"] * ams + ["clip"]) + suffix
+            yield pytest.param(target, mode, id=f"{target}-{mode}")
+    for grad, target in product(("fp32", "bf16", "fp16", "fp64"), ("sm_80", "sm_90")):
+        yield pytest.param(target, f"norm {grad}", id=f"{target}-norm {grad}")
 
 
 @pytest.mark.parametrize("target,mode", list(_rows()))

@@ -6,11 +6,13 @@ before triton is imported).
 """
 
 from triton_adam import lr
+from triton_adam.clip import ClipGradByGlobalNorm, ClipGradByNorm, ClipGradByValue
 from triton_adam.io import load, save
 from triton_adam.optimizer import Adam, AdamW
 from triton_adam.param_attr import param_name, set_param_attr
 from triton_adam.regularizer import L1Decay, L2Decay
 
-__all__ = ["Adam", "AdamW", "L1Decay", "L2Decay", "load", "lr", "param_name", "save",
+__all__ = ["Adam", "AdamW", "ClipGradByGlobalNorm", "ClipGradByNorm", "ClipGradByValue",
+           "L1Decay", "L2Decay", "load", "lr", "param_name", "save",
            "set_param_attr"]
 __version__ = "0.1.0"

@@ -48,6 +48,11 @@ class MemberConfig:
     hyper: list[float]
     tensor_hypers: dict[int, torch.Tensor]
     what: str
+    # Gradient clipping: ``clip_index`` > 0 selects the entry of the step's clip-scale buffer
+    # that multiplies the gradient (a global-norm group's or the tensor's own norm output;
+    # entry 0 holds 1); ``clip_value`` clamps to the row's HYPER_CLIP_MIN/MAX.
+    clip_index: int = 0
+    clip_value: bool = False
 
 
 @dataclass
@@ -83,6 +88,9 @@ class Bucket:
         self.coupled_decay = any(c.hyper[K.HYPER_L2] != 0.0 or c.hyper[K.HYPER_L1] != 0.0
                                  for c in self.configs)
         self.decoupled_decay = any(c.hyper[K.HYPER_WD] != 0.0 for c in self.configs)
+        self.clip_scale = any(c.clip_index > 0 for c in self.configs)
+        self.clip_value = any(c.clip_value for c in self.configs)
+        self.clip_index = [c.clip_index for c in self.configs]
 
         n = len(self.params)
         self.numels = [p.numel() for p in self.params]
@@ -124,6 +132,7 @@ class Bucket:
         self._host_table = np.zeros((n, K.TABLE_WIDTH), dtype=np.int64)
         self._host_table[:, K.COL_NUMEL] = self.numels
         self._host_table[:, K.COL_STATE_OFFSET] = self.offsets
+        self._host_table[:, K.COL_CLIP_INDEX] = self.clip_index
         self._built_grads: list[weakref.ref | None] = [None] * n
         self._built_gptr = [0] * n
         self._built_pptr = [-1] * n
@@ -131,6 +140,7 @@ class Bucket:
         self._aligned = False
         self._chunk_key: tuple[bool, ...] | None = None
         self._chunk_table: torch.Tensor | None = None
+        self._synced: StepPlan | None = None  # the plan the device tables describe
 
     # ------------------------------------------------------------------------------ state
     def current_slot(self, j: int) -> int:
@@ -213,32 +223,46 @@ class Bucket:
                         t.detach().reshape(1))
             self.created[j] = True
 
-    def launch(self, plan: StepPlan, lr: float) -> None:
-        """Run the step planned by ``prepare`` (the plan must be this step's)."""
+    def needs_tables(self) -> bool:
+        """Whether a step uses the device tables (multi-tensor update or a norm pass)."""
+        return self.multi_tensor or self.clip_scale
+
+    def launch(self, plan: StepPlan, lr: float, clip_scales: torch.Tensor | None = None) -> None:
+        """Run the step planned by ``prepare`` (the plan must be this step's).
+
+        ``clip_scales`` is the step's clip-scale buffer (entry 0 holds 1), required when a
+        member clips by a norm.
+        """
         if not any(plan.active):
             return  # no launch, no pow advance: nothing of this bucket had a gradient
+        if self.clip_scale and clip_scales is None:
+            raise ValueError("this bucket clips by norm: the step's clip scales are needed")
         if self._tensor_hypers:
             self._refresh_tensor_hypers()
         if plan.created:
             self._create(plan.created)
         self._created_key = plan.active
         if self.multi_tensor:
-            self._launch_multi(plan, lr)
+            self._launch_multi(plan, lr, clip_scales)
         else:
-            self._launch_each(plan, lr)
+            self._launch_each(plan, lr, clip_scales)
 
-    def _launch_each(self, plan: StepPlan, lr: float) -> None:
+    def _launch_each(self, plan: StepPlan, lr: float,
+                     clip_scales: torch.Tensor | None) -> None:
         assert self.slots is not None
         for j, g in enumerate(plan.grads):
             if g is None:
                 continue
             s = self.slots[j]
+            c = self.clip_index[j]
             K.adam_update_(
                 self.params[j], g, self.state_view(self.moment1, j),
                 self.state_view(self.moment2, j),
                 None if self.moment2_max is None else self.state_view(self.moment2_max, j),
                 self.hyper[j], self.pows[s, j], self.pows[1 - s, j], lr=lr,
-                coupled_decay=self.coupled_decay, decoupled_decay=self.decoupled_decay)
+                coupled_decay=self.coupled_decay, decoupled_decay=self.decoupled_decay,
+                clip_scale=clip_scales[c:c + 1] if self.clip_scale else None,
+                clip_value=self.clip_value)
             self.slots[j] = 1 - s
             self._remember(j, g)
 
@@ -247,8 +271,12 @@ class Bucket:
         self._built_gptr[j] = g.data_ptr()
         self._built_pptr[j] = self.params[j].data_ptr()
 
-    def _tables(self, plan: StepPlan) -> tuple[torch.Tensor, torch.Tensor]:
+    def sync_tables(self, plan: StepPlan) -> tuple[torch.Tensor, torch.Tensor]:
         """The launch tables for ``plan``, rebuilt only where something changed."""
+        if self._synced is plan:
+            assert self._device_table is not None and self._chunk_table is not None
+            return self._device_table, self._chunk_table
+        self._synced = plan
         table = self._host_table
         stale = self._device_table is None or bool(plan.changed)
         for j in plan.changed:
@@ -274,15 +302,43 @@ class Bucket:
         assert self._device_table is not None and self._chunk_table is not None
         return self._device_table, self._chunk_table
 
-    def _launch_multi(self, plan: StepPlan, lr: float) -> None:
-        table, chunks = self._tables(plan)
+    def _launch_multi(self, plan: StepPlan, lr: float,
+                      clip_scales: torch.Tensor | None) -> None:
+        table, chunks = self.sync_tables(plan)
         s = self.slot
         K.adam_update_tensor_list_(
             table, chunks, self.moment1, self.moment2, self.moment2_max, self.hyper,
             self.pows[s], self.pows[1 - s], lr=lr, param_dtype=self.param_dtype,
             grad_dtype=self.param_dtype, aligned=self._aligned,
-            coupled_decay=self.coupled_decay, decoupled_decay=self.decoupled_decay)
+            coupled_decay=self.coupled_decay, decoupled_decay=self.decoupled_decay,
+            clip_scales=clip_scales if self.clip_scale else None, clip_value=self.clip_value)
         self.slot = 1 - s
+
+    @property
+    def aligned(self) -> bool:
+        """Every address of the current table is 16-byte aligned (valid after sync_tables)."""
+        return self._aligned
+
+    def norm_chunks(self, active: Sequence[bool]) -> tuple[np.ndarray, dict[int, tuple[int, int]]]:
+        """The norm pass's chunk rows for the active members that clip by a norm, grouped by
+        clip index, and each clip index's ``(start, end)`` range of those rows."""
+        members = [j for j in range(len(self.params)) if active[j] and self.clip_index[j] > 0]
+        members.sort(key=lambda j: self.clip_index[j])  # stable: parameter order within one
+        flags = np.zeros(len(self.params), dtype=bool)
+        rows = []
+        ranges: dict[int, tuple[int, int]] = {}
+        start = 0
+        for j in members:
+            flags[:] = False
+            flags[j] = True
+            part = _chunk_rows(self.numels, flags)
+            rows.append(part)
+            c = self.clip_index[j]
+            first = ranges.get(c, (start, start))[0]
+            start += len(part)
+            ranges[c] = (first, start)
+        table = np.concatenate(rows) if rows else np.zeros((0, 2), dtype=np.int32)
+        return table.astype(np.int32), ranges
 
 
 def _chunk_rows(numels: Sequence[int], active: Sequence[bool]) -> np.ndarray:

@@ -18,7 +18,11 @@ import torch
 from triton_adam.buckets import Bucket, MemberConfig, group_into_buckets
 from triton_adam.kernels import adam as _adam_kernels
 from triton_adam.lr import LRScheduler
-from triton_adam.param_attr import param_lr_scale, param_name, param_regularizer
+from triton_adam.clip import ClipGradBase, ClipGradByNorm, ClipGradByValue
+from triton_adam.clip_plan import DeviceClipper
+from triton_adam.kernels import norm as _norm_kernels
+from triton_adam.param_attr import (param_lr_scale, param_name, param_need_clip,
+                                    param_regularizer)
 from triton_adam.param_groups import parse_parameters
 from triton_adam.regularizer import L1Decay, L2Decay, WeightDecayRegularizer
 
@@ -28,6 +32,18 @@ MOMENT2 = "moment2"
 MOMENT2_MAX = "moment2_max"
 BETA1_POW = "beta1_pow_acc"
 BETA2_POW = "beta2_pow_acc"
+
+
+def _check_grad_clip(clip: object, where: str) -> None:
+    """Paddle's type check; bounds Paddle checks only when it clips are checked here, once
+    (the kernels clip on the device and cannot raise)."""
+    if clip is None:
+        return
+    if not isinstance(clip, ClipGradBase):
+        raise TypeError(f"{where}: 'grad_clip' should be an instance of GradientClipBase's "
+                        f"derived class (triton_adam.ClipGradBy*), got {type(clip).__name__}")
+    if isinstance(clip, (ClipGradByNorm, ClipGradByValue)):
+        clip.check()
 
 
 def _check_beta(value: float | torch.Tensor, name: str) -> None:
@@ -62,17 +78,13 @@ class _AdamBase:
                                                              (float, LRScheduler)):
             raise TypeError("learning rate should be float or LRScheduler, got "
                             f"{type(learning_rate)} here")
-        if grad_clip is not None:
-            raise NotImplementedError("grad_clip: gradient clipping is not implemented yet "
-                                      "(the gradient-clipping issue)")
+        _check_grad_clip(grad_clip, "grad_clip")
         for g, group in enumerate(groups):
             opts = group.options
             for arg in ("beta1", "beta2", "epsilon"):
                 if arg in opts:
                     _check_beta(opts[arg], arg)
-            if opts.get("grad_clip") is not None:
-                raise NotImplementedError(f"parameters[{g}]['grad_clip']: gradient clipping "
-                                          "is not implemented yet (the gradient-clipping issue)")
+            _check_grad_clip(opts.get("grad_clip"), f"parameters[{g}]['grad_clip']")
             scale = opts.get("learning_rate", 1.0)
             if isinstance(scale, bool) or not isinstance(scale, (int, float)) \
                     or not math.isfinite(scale):
@@ -108,7 +120,9 @@ class _AdamBase:
         self._use_multi_tensor = bool(use_multi_tensor)
         self._amsgrad = bool(amsgrad)
         self._name = name
-        self._grad_clip = None
+        self._grad_clip = grad_clip
+        self._clipper = DeviceClipper()
+        self._clip_entry_of_group: dict[int, int] = {}  # group -> its global-norm output
         self._index_of = {id(p): i for i, p in enumerate(self._parameter_list)}
         # Buckets are built at the first step (so attributes set after construction count),
         # from the trainable parameters of that time; a parameter that first gets a gradient
@@ -199,7 +213,28 @@ class _AdamBase:
         row[_adam_kernels.HYPER_L2] = reg.coeff if isinstance(reg, L2Decay) else 0.0
         row[_adam_kernels.HYPER_L1] = reg.coeff if isinstance(reg, L1Decay) else 0.0
         row[_adam_kernels.HYPER_WD] = self._decoupled_coeff(index)
-        return MemberConfig(hyper=row, tensor_hypers=tensors, what=what)
+        row[_adam_kernels.HYPER_CLIP_MIN] = -math.inf
+        row[_adam_kernels.HYPER_CLIP_MAX] = math.inf
+        clip_index, clip_value = 0, False
+        clip = (self._option(index, "grad_clip", self._grad_clip) if self._group_mode
+                else self._grad_clip)
+        if clip is not None and param_need_clip(param):
+            if isinstance(clip, ClipGradByValue):
+                row[_adam_kernels.HYPER_CLIP_MIN] = clip.min
+                row[_adam_kernels.HYPER_CLIP_MAX] = clip.max
+                clip_value = True
+            elif isinstance(clip, ClipGradByNorm):
+                clip_index = self._clipper.add_output(_norm_kernels.MODE_BY_NORM, clip.clip_norm)
+            else:  # ClipGradByGlobalNorm: one norm per group (flat list: one group)
+                group = self._group_of[index]
+                if group not in self._clip_entry_of_group:
+                    mode = (_norm_kernels.MODE_GLOBAL_AUTO_SKIP if clip.auto_skip_clip
+                            else _norm_kernels.MODE_GLOBAL)
+                    self._clip_entry_of_group[group] = self._clipper.add_output(
+                        mode, clip.clip_norm)
+                clip_index = self._clip_entry_of_group[group]
+        return MemberConfig(hyper=row, tensor_hypers=tensors, what=what,
+                            clip_index=clip_index, clip_value=clip_value)
 
     # ------------------------------------------------------------------------------- state
     def _build_buckets(self, indices: list[int]) -> None:
@@ -280,8 +315,16 @@ class _AdamBase:
     def _launch(self, plans: list) -> None:
         # Every bucket is validated before the first launch, so bad input changes nothing.
         lr = self.get_lr()
+        scales = None
+        clipped = [(b, plan) for b, plan in plans if b.clip_scale and any(plan.active)]
+        if clipped:
+            # Norm clipping: the norm passes and the finalize run before any update reads a
+            # gradient; the updates multiply each gradient by its scale as they read it.
+            for bucket, plan in clipped:
+                bucket.sync_tables(plan)
+            scales = self._clipper.scales(clipped)
         for bucket, plan in plans:
-            bucket.launch(plan, lr)
+            bucket.launch(plan, lr, scales)
 
     @torch.no_grad()
     def step(self) -> None:

@@ -68,3 +68,75 @@ def adam_step(state: AdamTensorState, grad: torch.Tensor, *, lr: float, beta1: f
     return AdamTensorState(param=p, moment1=m, moment2=v, moment2_max=vmax,
                            beta1_pow=state.beta1_pow * beta1,
                            beta2_pow=state.beta2_pow * beta2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sparse gradients (``../shared/paddle-adam-semantics.md`` section 4, with its Decision: the
+# section-1 formula of Paddle's GPU kernel for every updated row). Added for the lazy-mode
+# kernel (kernels/lazy.py); the functions above are unchanged.
+# ---------------------------------------------------------------------------------------------
+
+
+def merge_sparse_rows(indices: torch.Tensor, values: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum duplicate rows and sort: ``(rows, grad_rows)`` with ``rows`` distinct ascending
+    int64 ids and ``grad_rows[i]`` the float64 sum of the ``values`` rows whose id is
+    ``rows[i]``. ``indices`` is ``[nnz]`` or ``[1, nnz]`` (a COO tensor's ``_indices()``)."""
+    ids = indices.reshape(-1).to(torch.int64)
+    rows, inverse = torch.unique(ids, sorted=True, return_inverse=True)
+    summed = torch.zeros((rows.numel(),) + tuple(values.shape[1:]), dtype=torch.float64)
+    summed.index_add_(0, inverse, values.detach().to(torch.float64))
+    return rows, summed
+
+
+def sparse_to_dense(indices: torch.Tensor, values: torch.Tensor,
+                    shape: tuple[int, ...]) -> torch.Tensor:
+    """The float64 dense gradient of a sparse one: zero rows where no id points."""
+    rows, summed = merge_sparse_rows(indices, values)
+    dense = torch.zeros(shape, dtype=torch.float64)
+    dense[rows] = summed
+    return dense
+
+
+def _copy_state(state: AdamTensorState) -> AdamTensorState:
+    clone = None if state.moment2_max is None else state.moment2_max.clone()
+    return AdamTensorState(param=state.param.clone(), moment1=state.moment1.clone(),
+                           moment2=state.moment2.clone(), moment2_max=clone,
+                           beta1_pow=state.beta1_pow, beta2_pow=state.beta2_pow)
+
+
+def lazy_adam_step(state: AdamTensorState, indices: torch.Tensor, values: torch.Tensor,
+                   **hyper: float) -> AdamTensorState:
+    """One ``lazy_mode=True`` step with a sparse gradient, returning the new state.
+
+    Duplicate ids are summed; only the rows present are updated, each by ``adam_step``'s
+    formula (decay terms included) with the tensor's pows; absent rows keep their param and
+    accumulators exactly; the pows advance once. No ids at all: the state is unchanged (no
+    pow advance). ``hyper``: the keyword arguments of ``adam_step`` (lr, beta1, beta2,
+    epsilon, lr_scale, l2, l1, weight_decay).
+    """
+    new = _copy_state(state)
+    if indices.numel() == 0:
+        return new
+    rows, grad_rows = merge_sparse_rows(indices, values)
+    present = AdamTensorState(
+        param=state.param[rows], moment1=state.moment1[rows], moment2=state.moment2[rows],
+        moment2_max=None if state.moment2_max is None else state.moment2_max[rows],
+        beta1_pow=state.beta1_pow, beta2_pow=state.beta2_pow)
+    updated = adam_step(present, grad_rows, **hyper)
+    new.param[rows] = updated.param
+    new.moment1[rows] = updated.moment1
+    new.moment2[rows] = updated.moment2
+    if new.moment2_max is not None:
+        new.moment2_max[rows] = updated.moment2_max
+    new.beta1_pow, new.beta2_pow = updated.beta1_pow, updated.beta2_pow
+    return new
+
+
+def sparse_dense_adam_step(state: AdamTensorState, indices: torch.Tensor, values: torch.Tensor,
+                           **hyper: float) -> AdamTensorState:
+    """One ``lazy_mode=False`` step with a sparse gradient: the dense step of the densified
+    gradient (absent rows have zero gradient), except that no ids at all changes nothing."""
+    if indices.numel() == 0:
+        return _copy_state(state)
+    return adam_step(state, sparse_to_dense(indices, values, tuple(state.param.shape)), **hyper)

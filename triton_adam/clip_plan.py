@@ -1,0 +1,102 @@
+"""How a step clips gradients by norm on the device: the norm outputs and their launches.
+
+A norm clip (``ClipGradByGlobalNorm`` per parameter group, ``ClipGradByNorm`` per tensor) is
+an *output* of ``triton_adam.kernels.norm``: a norm over some gradients and the scale that
+multiplies them. ``DeviceClipper`` owns the outputs of an optimizer and, per step,
+
+1. one sum-of-squares pass per bucket that has norm-clipped tensors with a gradient (the
+   bucket's address table, a chunk table of those tensors ordered by output, and a slice of
+   one partials buffer in the accumulation dtype: float64 if any clipped gradient is float64,
+   else float32, as Paddle sums);
+2. one finalize launch that reduces each output's partial ranges, in a fixed order, to its
+   norm and scale;
+
+and hands the update kernels the scale buffer, whose entry 0 is 1 (unclipped tensors) and
+entry ``o + 1`` output ``o``'s scale. Nothing returns to the host. The chunk and finalize
+tables depend only on which tensors have a gradient, so they are rebuilt when that changes.
+``param.grad`` is never modified (Paddle multiplies it in place): the update kernels apply
+the scale as they read each gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from triton_adam.buckets import Bucket, StepPlan, _upload
+from triton_adam.kernels import adam as K
+from triton_adam.kernels import norm as N
+
+
+class DeviceClipper:
+    """The norm-clip outputs of one optimizer and the device work of a clipped step."""
+
+    def __init__(self) -> None:
+        self.outputs: list[tuple[int, float]] = []  # (norm.MODE_*, clip_norm) per output
+        self._key: tuple | None = None
+        self._passes: list[tuple[Bucket, torch.Tensor, slice]] = []
+        self._partials: torch.Tensor | None = None
+        self._tables: tuple[torch.Tensor, ...] = ()
+        self._scales: torch.Tensor | None = None
+
+    def add_output(self, mode: int, clip_norm: float) -> int:
+        """A new output; returns its entry in the scale buffer (``index + 1``)."""
+        self.outputs.append((mode, float(clip_norm)))
+        return len(self.outputs)
+
+    def _rebuild(self, work: Sequence[tuple[Bucket, StepPlan]]) -> None:
+        devices = {b.device for b, _ in work}
+        if len(devices) > 1:
+            raise NotImplementedError(f"norm clipping over parameters on several devices "
+                                      f"({sorted(map(str, devices))}) is not supported")
+        device = devices.pop()
+        acc = N.accumulation_dtype_for([b.param_dtype for b, _ in work])
+        ranges: dict[int, list[tuple[int, int]]] = {}
+        passes = []
+        offset = 0
+        for bucket, plan in work:
+            rows, by_entry = bucket.norm_chunks(plan.active)
+            if len(rows) == 0:
+                continue
+            for entry, (start, end) in by_entry.items():
+                ranges.setdefault(entry, []).append((offset + start, offset + end))
+            passes.append((bucket, _upload(rows, device), slice(offset, offset + len(rows))))
+            offset += len(rows)
+        segments, outputs = N.finalize_tables(
+            [(ranges.get(o + 1, []), mode) for o, (mode, _) in enumerate(self.outputs)], device)
+        self._passes = passes
+        self._partials = torch.empty(offset, dtype=acc, device=device)
+        clip_norms = torch.tensor([c for _, c in self.outputs], dtype=torch.float64,
+                                  device=device)
+        norms = torch.empty(len(self.outputs), dtype=acc, device=device)
+        self._tables = (segments, outputs, clip_norms, norms)
+        self._scales = torch.ones(len(self.outputs) + 1, dtype=acc, device=device)
+
+    def scales(self, work: Sequence[tuple[Bucket, StepPlan]]) -> torch.Tensor:
+        """Launch this step's norm passes and finalize; return the scale buffer.
+
+        ``work``: the buckets that clip by a norm, with this step's plans (their tables
+        synced). The returned buffer is overwritten by the next step.
+        """
+        key = (len(self.outputs), tuple((id(b), plan.active) for b, plan in work))
+        if key != self._key:
+            self._rebuild(work)
+            self._key = key
+        assert self._partials is not None and self._scales is not None
+        for bucket, rows, part in self._passes:
+            N.sum_squares_tensor_list_(
+                bucket.sync_tables(_plan_of(work, bucket))[0], rows, self._partials[part],
+                grad_dtype=bucket.param_dtype, aligned=bucket.aligned,
+                chunk_size=K.CHUNK_SIZE)
+        segments, outputs, clip_norms, norms = self._tables
+        N.clip_scales_(self._partials, segments, outputs, clip_norms, norms, self._scales[1:])
+        return self._scales
+
+    def norms(self) -> torch.Tensor | None:
+        """The norms of the last clipped step, per output (a device tensor; for tests)."""
+        return self._tables[3] if self._tables else None
+
+
+def _plan_of(work: Sequence[tuple[Bucket, StepPlan]], bucket: Bucket) -> StepPlan:
+    return next(plan for b, plan in work if b is bucket)
