@@ -24,15 +24,8 @@ from triton_adam.kernels import norm as _norm_kernels
 from triton_adam.param_attr import (param_lr_scale, param_name, param_need_clip,
                                     param_regularizer)
 from triton_adam.param_groups import parse_parameters
+from triton_adam import state as _state
 from triton_adam.regularizer import L1Decay, L2Decay, WeightDecayRegularizer
-
-# Paddle's accumulator names (state_dict keys are f"{param_name}_{acc}_0").
-MOMENT1 = "moment1"
-MOMENT2 = "moment2"
-MOMENT2_MAX = "moment2_max"
-BETA1_POW = "beta1_pow_acc"
-BETA2_POW = "beta2_pow_acc"
-
 
 def _check_grad_clip(clip: object, where: str) -> None:
     """Paddle's type check; bounds Paddle checks only when it clips are checked here, once
@@ -270,23 +263,7 @@ class _AdamBase:
         the live state; the pows are views of the slot current at the time of the call:
         take the dict and save it before the next step.
         """
-        infix = f"{self._name}_" if self._name else ""
-        out: dict[str, torch.Tensor | dict] = {}
-        for index, param in enumerate(self._parameter_list):
-            where = self._where.get(id(param))
-            if where is None or not where[0].created[where[1]]:
-                continue
-            bucket, j = where
-            prefix = f"{self._param_name(index)}_{infix}"
-            out[f"{prefix}{MOMENT1}_0"] = bucket.state_view(bucket.moment1, j)
-            out[f"{prefix}{MOMENT2}_0"] = bucket.state_view(bucket.moment2, j)
-            if bucket.moment2_max is not None:
-                out[f"{prefix}{MOMENT2_MAX}_0"] = bucket.state_view(bucket.moment2_max, j)
-            out[f"{prefix}{BETA1_POW}_0"] = bucket.beta_pow(j, 0)
-            out[f"{prefix}{BETA2_POW}_0"] = bucket.beta_pow(j, 1)
-        if isinstance(self._learning_rate, LRScheduler):
-            out["LR_Scheduler"] = self._learning_rate.state_dict()
-        return out
+        return _state.state_dict(self)
 
     # -------------------------------------------------------------------------------- step
     def _params_and_grads(
