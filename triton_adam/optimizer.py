@@ -265,6 +265,13 @@ class _AdamBase:
         """
         return _state.state_dict(self)
 
+    def set_state_dict(self, state_dict: dict) -> None:
+        """Load accumulators saved by ``state_dict()`` (here or by Paddle), matched by key.
+
+        See ``triton_adam.state.set_state_dict`` for the rules (Paddle's section 7).
+        """
+        _state.set_state_dict(self, state_dict)
+
     # -------------------------------------------------------------------------------- step
     def _params_and_grads(
             self, params: Iterable[torch.Tensor] | None = None,

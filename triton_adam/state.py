@@ -44,3 +44,8 @@ def state_dict(opt: _AdamBase) -> dict[str, torch.Tensor | dict]:
     if isinstance(opt._learning_rate, LRScheduler):
         out["LR_Scheduler"] = opt._learning_rate.state_dict()
     return out
+
+
+def set_state_dict(opt: _AdamBase, state_dict: dict) -> None:
+    """Load ``state_dict`` into ``opt`` (to be written: the state-format issue)."""
+    raise NotImplementedError("set_state_dict is not implemented yet (the state-format issue)")
