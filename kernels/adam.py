@@ -33,6 +33,7 @@ Design notes, for the issues that build on this kernel:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import torch
@@ -81,6 +82,22 @@ CHUNK_SIZE = BLOCK_SIZE
 # Tensors whose pows one program advances in the pow pass of the multi-tensor kernel.
 POW_BLOCK = 128
 
+def _interpreting() -> bool:
+    """Whether this process runs @triton.jit kernels under the interpreter (decided, like
+    here, when the kernels are defined)."""
+    knobs = getattr(triton, "knobs", None)  # Triton >= 3.4
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+# fp32 -> bf16 must round to nearest even. Compiled, ``.to(tl.bfloat16)`` is LLVM's fptrunc,
+# i.e. ``cvt.rn.bf16`` (tests/test_compile_lazy.py checks the PTX); but the Triton 3.9
+# interpreter truncates toward zero for that conversion (even with
+# ``fp_downcast_rounding="rtne"``). Under the interpreter the kernels therefore round with
+# integer arithmetic instead, so CPU runs give the bits a GPU gives. fp16 is exact in both.
+_INTERPRETER_BF16_RNE = tl.constexpr(_interpreting())
+
 # The same constants as seen from @triton.jit code (compiled kernels may read only constexpr
 # globals).
 _HYPER_WIDTH = tl.constexpr(HYPER_WIDTH)
@@ -96,6 +113,19 @@ _HYPER_CLIP_MIN = tl.constexpr(HYPER_CLIP_MIN)
 _HYPER_CLIP_MAX = tl.constexpr(HYPER_CLIP_MAX)
 _STATE_ALIGN = tl.constexpr(STATE_ALIGN)
 
+
+
+@triton.jit
+def _round_to(p, dtype: tl.constexpr):
+    """``p`` (fp32 or fp64) rounded to nearest even in ``dtype`` (the param's dtype)."""
+    if _INTERPRETER_BF16_RNE and dtype == tl.bfloat16:
+        bits = p.to(tl.uint32, bitcast=True)
+        bits = bits + (0x7FFF + ((bits >> 16) & 1))  # carries into the exponent as it should
+        rounded = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+        out = tl.where(p != p, p.to(tl.bfloat16), rounded)  # NaN stays NaN
+    else:
+        out = p.to(dtype)
+    return out
 
 
 @triton.jit
@@ -135,6 +165,22 @@ def _step_scalars(hyper_row_ptr, pows_in_row_ptr, lr, compute_dtype: tl.constexp
     step_size = _div(lr_t, 1.0 - beta1_pow)
     inv_sqrt_bc2 = _div(tl.full((), 1.0, compute_dtype), _sqrt(1.0 - beta2_pow))
     return lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd
+
+
+@triton.jit
+def _amp_scalars(grad_scale_ptr, found_inf_ptr, compute_dtype: tl.constexpr,
+                 UNSCALE: tl.constexpr, SKIP_ON_INF: tl.constexpr):
+    """AMP's per-step values: 1 / loss scale, and whether to skip the step (found_inf)."""
+    if UNSCALE:
+        inv_grad_scale = _div(tl.full((), 1.0, tl.float32),
+                              tl.load(grad_scale_ptr).to(tl.float32)).to(compute_dtype)
+    else:
+        inv_grad_scale = tl.full((), 1.0, compute_dtype)
+    if SKIP_ON_INF:
+        skip = tl.load(found_inf_ptr) != 0
+    else:
+        skip = False
+    return inv_grad_scale, skip
 
 
 @triton.jit
@@ -187,6 +233,7 @@ def _adam_block(
     exp_avg_ptr,
     exp_avg_sq_ptr,
     max_exp_avg_sq_ptr,
+    master_ptr,
     offs,
     mask,
     lr_t,
@@ -201,11 +248,14 @@ def _adam_block(
     g_scale,
     clip_lo,
     clip_hi,
+    inv_grad_scale,
     AMSGRAD: tl.constexpr,
     COUPLED_DECAY: tl.constexpr,
     DECOUPLED_DECAY: tl.constexpr,
     CLIP_SCALE: tl.constexpr,
     CLIP_VALUE: tl.constexpr,
+    MASTER: tl.constexpr,
+    UNSCALE: tl.constexpr,
 ):
     """Loads, updates and stores one block; ``mask`` is None on full blocks (vector access).
 
@@ -214,8 +264,15 @@ def _adam_block(
     and the clamp to ``[clip_lo, clip_hi]`` (``ClipGradByValue``; NaN stays NaN).
     """
     compute_dtype = exp_avg_ptr.dtype.element_ty
-    p = tl.load(param_ptr + offs, mask=mask).to(compute_dtype)
+    if MASTER:
+        # fp32 master weights of fp16/bf16 params: the update reads the master, never the
+        # rounded param, and writes both.
+        p = tl.load(master_ptr + offs, mask=mask)
+    else:
+        p = tl.load(param_ptr + offs, mask=mask).to(compute_dtype)
     g = tl.load(grad_ptr + offs, mask=mask).to(compute_dtype)
+    if UNSCALE:
+        g = g * inv_grad_scale  # AMP: the loss scale comes off before clipping (GradScaler)
     if CLIP_SCALE:
         g = g * g_scale
     if CLIP_VALUE:
@@ -232,7 +289,9 @@ def _adam_block(
         tl.store(max_exp_avg_sq_ptr + offs, vmax, mask=mask)
     tl.store(exp_avg_ptr + offs, m, mask=mask)
     tl.store(exp_avg_sq_ptr + offs, v, mask=mask)
-    tl.store(param_ptr + offs, p.to(param_ptr.dtype.element_ty), mask=mask)
+    if MASTER:
+        tl.store(master_ptr + offs, p, mask=mask)
+    tl.store(param_ptr + offs, _round_to(p, param_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -246,6 +305,9 @@ def _adam_kernel(
     pows_in_ptr,  # *C: (beta1_pow, beta2_pow) used by this step
     pows_out_ptr,  # *C: receives the advanced pows; never the same memory as pows_in_ptr
     clip_scale_ptr,  # *S: the scale that multiplies the gradient (CLIP_SCALE only)
+    master_ptr,  # *fp32: master weights of fp16/bf16 params (MASTER only, else any pointer)
+    grad_scale_ptr,  # *f32: AMP loss scale the gradient is divided by (UNSCALE only)
+    found_inf_ptr,  # *f32: nonzero = skip this step entirely (SKIP_ON_INF only)
     lr: tl.float64,  # the step's learning rate, exact in float64 (per step: never constexpr)
     n_elements,  # number of elements of the range
     BLOCK: tl.constexpr,  # elements per program
@@ -254,6 +316,9 @@ def _adam_kernel(
     DECOUPLED_DECAY: tl.constexpr,  # AdamW: p -= lr_t * wd * p before the update
     CLIP_SCALE: tl.constexpr,  # multiply the gradient by *clip_scale_ptr (norm clipping)
     CLIP_VALUE: tl.constexpr,  # clamp the gradient to the hyper row's clip bounds
+    MASTER: tl.constexpr,  # read/write fp32 master weights, write the param rounded
+    UNSCALE: tl.constexpr,  # divide the gradient by *grad_scale_ptr (AMP)
+    SKIP_ON_INF: tl.constexpr,  # change nothing when *found_inf_ptr is set (AMP)
 ):
     compute_dtype = exp_avg_ptr.dtype.element_ty
     pid = tl.program_id(0).to(tl.int64)  # int64: ranges beyond 2^31 elements exist
@@ -263,24 +328,37 @@ def _adam_kernel(
         hyper_ptr, pows_in_ptr, lr, compute_dtype)
     g_scale, clip_lo, clip_hi = _clip_scalars(clip_scale_ptr, hyper_ptr, compute_dtype,
                                               CLIP_SCALE, CLIP_VALUE)
+    inv_grad_scale, skip = _amp_scalars(grad_scale_ptr, found_inf_ptr, compute_dtype, UNSCALE,
+                                        SKIP_ON_INF)
 
+    if SKIP_ON_INF:
+        # AMP found an inf/NaN gradient: no element is in range, so every access is masked
+        # off and params, master and moments stay as they are. (An `if skip` around the
+        # update made the compiler predicate the full-block path's vector accesses.)
+        n_elements = tl.where(skip, 0, n_elements)
     if block_start + BLOCK <= n_elements:
         # Full block: unmasked, so the compiler keeps 16-byte vector loads and stores.
         _adam_block(param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, max_exp_avg_sq_ptr,
-                    offs, None, lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd,
-                    g_scale, clip_lo, clip_hi, AMSGRAD, COUPLED_DECAY, DECOUPLED_DECAY,
-                    CLIP_SCALE, CLIP_VALUE)
+                    master_ptr, offs, None, lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps,
+                    l2, l1, wd, g_scale, clip_lo, clip_hi, inv_grad_scale, AMSGRAD,
+                    COUPLED_DECAY, DECOUPLED_DECAY, CLIP_SCALE, CLIP_VALUE, MASTER, UNSCALE)
     else:
         _adam_block(param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, max_exp_avg_sq_ptr,
-                    offs, offs < n_elements, lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps,
-                    l2, l1, wd, g_scale, clip_lo, clip_hi, AMSGRAD, COUPLED_DECAY,
-                    DECOUPLED_DECAY, CLIP_SCALE, CLIP_VALUE)
+                    master_ptr, offs, offs < n_elements, lr_t, step_size, inv_sqrt_bc2, beta1,
+                    beta2, eps, l2, l1, wd, g_scale, clip_lo, clip_hi, inv_grad_scale, AMSGRAD,
+                    COUPLED_DECAY, DECOUPLED_DECAY, CLIP_SCALE, CLIP_VALUE, MASTER, UNSCALE)
 
     if pid == 0:
         # Re-read (from cache) rather than keep the pows and betas live across the block body:
-        # holding them made ptxas spill on sm_90 (fp32 amsgrad + decoupled decay).
-        tl.store(pows_out_ptr + 0, tl.load(pows_in_ptr + 0) * tl.load(hyper_ptr + 1))
-        tl.store(pows_out_ptr + 1, tl.load(pows_in_ptr + 1) * tl.load(hyper_ptr + 2))
+        # holding them made ptxas spill on sm_90 (fp32 amsgrad + decoupled decay). A skipped
+        # step writes the pows unchanged into the other slot (the host flips slots blindly).
+        beta1 = tl.load(hyper_ptr + 1)
+        beta2 = tl.load(hyper_ptr + 2)
+        if SKIP_ON_INF:
+            beta1 = tl.where(tl.load(found_inf_ptr) != 0, 1.0, beta1).to(beta1.dtype)
+            beta2 = tl.where(tl.load(found_inf_ptr) != 0, 1.0, beta2).to(beta2.dtype)
+        tl.store(pows_out_ptr + 0, tl.load(pows_in_ptr + 0) * beta1)
+        tl.store(pows_out_ptr + 1, tl.load(pows_in_ptr + 1) * beta2)
 
 
 @triton.jit
@@ -294,6 +372,9 @@ def _adam_tensor_list_kernel(
     pows_in_ptr,  # *C [n_tensors, POW_SLOT_WIDTH]: the pows this step uses
     pows_out_ptr,  # *C [n_tensors, POW_SLOT_WIDTH]: receives the pows of the next step
     clip_scales_ptr,  # *S: clip scales, indexed by the tensor table's COL_CLIP_INDEX
+    master_ptr,  # *fp32: the bucket's flat master-weight buffer (MASTER only)
+    grad_scale_ptr,  # *f32: AMP loss scale the gradients are divided by (UNSCALE only)
+    found_inf_ptr,  # *f32: nonzero = skip this step entirely (SKIP_ON_INF only)
     lr: tl.float64,  # the step's learning rate (per step: never constexpr)
     n_tensors,  # rows of the tensor table (every tensor of the bucket, active or not)
     n_chunks,  # rows of the chunk table: programs [0, n_chunks) update elements, the rest pows
@@ -307,10 +388,32 @@ def _adam_tensor_list_kernel(
     DECOUPLED_DECAY: tl.constexpr,
     CLIP_SCALE: tl.constexpr,
     CLIP_VALUE: tl.constexpr,
+    MASTER: tl.constexpr,
+    UNSCALE: tl.constexpr,
+    SKIP_ON_INF: tl.constexpr,
 ):
     compute_dtype = exp_avg_ptr.dtype.element_ty
     pid = tl.program_id(0).to(tl.int64)  # int64: chunk-table offsets beyond 2^31 exist
-    if pid < n_chunks:
+    inv_grad_scale, skip = _amp_scalars(grad_scale_ptr, found_inf_ptr, compute_dtype, UNSCALE,
+                                        SKIP_ON_INF)
+    if pid >= n_chunks:
+        # The programs after the chunks write every tensor's pows to the other slot: advanced
+        # for the active tensors, copied for the rest, so one slot index serves the whole
+        # bucket. (Programs of their own: the full-block path stays free of masked accesses.)
+        j = (pid - n_chunks) * POW_BLOCK + tl.arange(0, POW_BLOCK)
+        in_range = j < n_tensors
+        active = tl.load(tensor_table_ptr + j.to(tl.int64) * _TABLE_WIDTH + _COL_ACTIVE,
+                         mask=in_range, other=0) != 0
+        for which in tl.static_range(2):
+            beta = tl.load(hyper_ptr + j * _HYPER_WIDTH + (1 + which), mask=in_range)
+            pow_in = tl.load(pows_in_ptr + j * _POW_SLOT_WIDTH + which, mask=in_range)
+            factor = tl.where(active, beta, 1.0)
+            if SKIP_ON_INF:
+                # A skipped step writes every tensor's pows unchanged (the host flips slots).
+                factor = tl.where(tl.load(found_inf_ptr) != 0, 1.0, factor)
+            tl.store(pows_out_ptr + j * _POW_SLOT_WIDTH + which, pow_in * factor,
+                     mask=in_range)
+    else:
         t = tl.load(chunk_table_ptr + 2 * pid)
         chunk = tl.load(chunk_table_ptr + 2 * pid + 1).to(tl.int64)
         row = tensor_table_ptr + t.to(tl.int64) * _TABLE_WIDTH
@@ -321,6 +424,9 @@ def _adam_tensor_list_kernel(
             param_ptr = tl.multiple_of(param_ptr, 16)
             grad_ptr = tl.multiple_of(grad_ptr, 16)
         n_elements = tl.load(row + _COL_NUMEL)
+        if SKIP_ON_INF:
+            # AMP found an inf/NaN gradient: every access masked off (see _adam_kernel).
+            n_elements = tl.where(skip, 0, n_elements)
         # State offsets are multiples of _STATE_ALIGN elements (the bucket pads every region).
         state_offset = tl.multiple_of(tl.load(row + _COL_STATE_OFFSET), _STATE_ALIGN)
         lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd = _step_scalars(
@@ -334,30 +440,18 @@ def _adam_tensor_list_kernel(
         m_ptr = exp_avg_ptr + state_offset
         v_ptr = exp_avg_sq_ptr + state_offset
         vmax_ptr = max_exp_avg_sq_ptr + state_offset
+        w_ptr = master_ptr + state_offset
         if block_start + BLOCK <= n_elements:
-            _adam_block(param_ptr, grad_ptr, m_ptr, v_ptr, vmax_ptr, offs, None, lr_t,
+            _adam_block(param_ptr, grad_ptr, m_ptr, v_ptr, vmax_ptr, w_ptr, offs, None, lr_t,
                         step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd, g_scale,
-                        clip_lo, clip_hi, AMSGRAD, COUPLED_DECAY, DECOUPLED_DECAY, CLIP_SCALE,
-                        CLIP_VALUE)
+                        clip_lo, clip_hi, inv_grad_scale, AMSGRAD, COUPLED_DECAY,
+                        DECOUPLED_DECAY, CLIP_SCALE, CLIP_VALUE, MASTER, UNSCALE)
         else:
-            _adam_block(param_ptr, grad_ptr, m_ptr, v_ptr, vmax_ptr, offs, offs < n_elements,
-                        lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd, g_scale,
-                        clip_lo, clip_hi, AMSGRAD, COUPLED_DECAY, DECOUPLED_DECAY, CLIP_SCALE,
-                        CLIP_VALUE)
-
-    else:
-        # The programs after the chunks write every tensor's pows to the other slot: advanced
-        # for the active tensors, copied for the rest, so one slot index serves the whole
-        # bucket. (Programs of their own: the full-block path stays free of masked accesses.)
-        j = (pid - n_chunks) * POW_BLOCK + tl.arange(0, POW_BLOCK)
-        in_range = j < n_tensors
-        active = tl.load(tensor_table_ptr + j.to(tl.int64) * _TABLE_WIDTH + _COL_ACTIVE,
-                         mask=in_range, other=0) != 0
-        for which in tl.static_range(2):
-            beta = tl.load(hyper_ptr + j * _HYPER_WIDTH + (1 + which), mask=in_range)
-            pow_in = tl.load(pows_in_ptr + j * _POW_SLOT_WIDTH + which, mask=in_range)
-            tl.store(pows_out_ptr + j * _POW_SLOT_WIDTH + which,
-                     pow_in * tl.where(active, beta, 1.0), mask=in_range)
+            _adam_block(param_ptr, grad_ptr, m_ptr, v_ptr, vmax_ptr, w_ptr, offs,
+                        offs < n_elements, lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps,
+                        l2, l1, wd, g_scale, clip_lo, clip_hi, inv_grad_scale, AMSGRAD,
+                        COUPLED_DECAY, DECOUPLED_DECAY, CLIP_SCALE, CLIP_VALUE, MASTER,
+                        UNSCALE)
 
 
 def compute_dtype_for(param_dtype: torch.dtype) -> torch.dtype:
@@ -366,7 +460,8 @@ def compute_dtype_for(param_dtype: torch.dtype) -> torch.dtype:
 
 
 def kernel_constexprs(*, amsgrad: bool, coupled_decay: bool, decoupled_decay: bool,
-                      clip_scale: bool = False, clip_value: bool = False) -> dict:
+                      clip_scale: bool = False, clip_value: bool = False, master: bool = False,
+                      unscale: bool = False, skip_on_inf: bool = False) -> dict:
     """The constexpr arguments of one specialization (shared with the compile check)."""
     return dict(
         BLOCK=BLOCK_SIZE,
@@ -375,7 +470,30 @@ def kernel_constexprs(*, amsgrad: bool, coupled_decay: bool, decoupled_decay: bo
         DECOUPLED_DECAY=bool(decoupled_decay),
         CLIP_SCALE=bool(clip_scale),
         CLIP_VALUE=bool(clip_value),
+        MASTER=bool(master),
+        UNSCALE=bool(unscale),
+        SKIP_ON_INF=bool(skip_on_inf),
     )
+
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _check_amp(grad_scale: torch.Tensor | None, found_inf: torch.Tensor | None,
+               device: torch.device) -> None:
+    for name, t in (("grad_scale", grad_scale), ("found_inf", found_inf)):
+        if t is not None:
+            _check(t.numel() >= 1 and t.device == device and t.is_floating_point(), lambda:
+                   f"{name} must be a floating tensor with one element on {device}, got "
+                   f"{t.dtype} {tuple(t.shape)} on {t.device}")
+
+
+def _check_grad_dtype(param_dtype: torch.dtype, grad_dtype: torch.dtype) -> None:
+    # fp16/bf16 params may come with fp32 ("master") gradients; otherwise the dtypes match.
+    ok = grad_dtype == param_dtype or (param_dtype in LOW_PRECISION
+                                       and grad_dtype == torch.float32)
+    _check(ok, lambda: f"grad dtype {grad_dtype} does not go with param dtype {param_dtype} "
+           "(fp16/bf16 params take their own dtype or float32 gradients)")
 
 
 def _check(cond: bool, message: Callable[[], str]) -> None:
@@ -400,12 +518,17 @@ def adam_update_(
     decoupled_decay: bool,
     clip_scale: torch.Tensor | None = None,
     clip_value: bool = False,
+    master: torch.Tensor | None = None,
+    grad_scale: torch.Tensor | None = None,
+    found_inf: torch.Tensor | None = None,
 ) -> None:
     """Apply one Adam step to ``param`` in place, with one kernel launch.
 
     Args:
-        param: contiguous float32 or float64 tensor, updated in place.
-        grad: contiguous gradient of the same shape, dtype and device.
+        param: contiguous float32, float64, float16 or bfloat16 tensor, updated in place
+            (fp16/bf16: computed in float32, written rounded to nearest).
+        grad: contiguous gradient of the same shape and device; the param's dtype, or float32
+            for fp16/bf16 params.
         exp_avg, exp_avg_sq: moments, contiguous, same numel, in the compute dtype
             (``compute_dtype_for(param.dtype)``); updated in place.
         max_exp_avg_sq: moment2_max for AMSGrad (updated in place), or None.
@@ -418,11 +541,22 @@ def adam_update_(
         clip_scale: a 1-element float32/float64 tensor on the param's device that multiplies
             the gradient as it is read (a norm clip's scale, computed on the device), or None.
         clip_value: clamp the gradient to ``hyper[HYPER_CLIP_MIN], hyper[HYPER_CLIP_MAX]``.
+        master: float32 master weights of an fp16/bf16 param (same numel): the update reads
+            and writes them and writes the param rounded; or None.
+        grad_scale: AMP's loss scale (1 element, device): the gradient is divided by it.
+        found_inf: AMP's overflow flag (1 element, device): when nonzero nothing changes
+            (param, master, moments; the pows are copied, not advanced).
     """
     cdtype = compute_dtype_for(param.dtype)
-    _check(param.dtype in (torch.float32, torch.float64), lambda:
-           f"param dtype {param.dtype} is not float32 or float64")
-    _check(grad.dtype == param.dtype, lambda: f"grad dtype {grad.dtype} != param dtype {param.dtype}")
+    _check(param.dtype in _TRITON_DTYPES, lambda:
+           f"param dtype {param.dtype} is not float32, float64, float16 or bfloat16")
+    _check_grad_dtype(param.dtype, grad.dtype)
+    if master is not None:
+        _check(param.dtype in LOW_PRECISION and master.dtype == torch.float32
+               and master.numel() == param.numel() and master.is_contiguous()
+               and master.device == param.device, lambda:
+               "master must be a contiguous float32 tensor like an fp16/bf16 param")
+    _check_amp(grad_scale, found_inf, param.device)
     _check(grad.shape == param.shape, lambda: f"grad shape {tuple(grad.shape)} != param shape "
            f"{tuple(param.shape)}")
     states = [("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq), ("hyper", hyper),
@@ -456,10 +590,15 @@ def adam_update_(
         max_exp_avg_sq if max_exp_avg_sq is not None else exp_avg_sq,
         hyper, pows_in, pows_out,
         clip_scale if clip_scale is not None else hyper,
+        master if master is not None else exp_avg,
+        grad_scale if grad_scale is not None else hyper,
+        found_inf if found_inf is not None else hyper,
         float(lr), n,
         **kernel_constexprs(amsgrad=max_exp_avg_sq is not None, coupled_decay=coupled_decay,
                             decoupled_decay=decoupled_decay,
-                            clip_scale=clip_scale is not None, clip_value=clip_value),
+                            clip_scale=clip_scale is not None, clip_value=clip_value,
+                            master=master is not None, unscale=grad_scale is not None,
+                            skip_on_inf=found_inf is not None),
         num_warps=NUM_WARPS,
     )
 
@@ -486,6 +625,9 @@ def adam_update_tensor_list_(
     decoupled_decay: bool,
     clip_scales: torch.Tensor | None = None,
     clip_value: bool = False,
+    master: torch.Tensor | None = None,
+    grad_scale: torch.Tensor | None = None,
+    found_inf: torch.Tensor | None = None,
 ) -> None:
     """Apply one Adam step to every active tensor of a bucket, with one kernel launch.
 
@@ -513,8 +655,17 @@ def adam_update_tensor_list_(
             ``clip_scales[table[t, COL_CLIP_INDEX]]`` (an entry holding 1 for unclipped
             tensors), or None for no norm clipping.
         clip_value: clamp gradients to their hyper row's clip bounds.
+        master: the bucket's flat float32 master weights (fp16/bf16 params), laid out like
+            the moments; or None.
+        grad_scale, found_inf: AMP's loss scale and overflow flag, as in ``adam_update_``.
     """
     cdtype = exp_avg.dtype
+    _check_grad_dtype(param_dtype, grad_dtype)
+    if master is not None:
+        _check(param_dtype in LOW_PRECISION and master.dtype == torch.float32
+               and master.numel() == exp_avg.numel() and master.is_contiguous(), lambda:
+               "master must be a contiguous float32 buffer like exp_avg, for fp16/bf16 params")
+    _check_amp(grad_scale, found_inf, exp_avg.device)
     n_tensors = tensor_table.shape[0] if tensor_table.dim() == 2 else -1
     _check(cdtype == compute_dtype_for(param_dtype), lambda:
            f"state dtype {cdtype} is not the compute dtype of {param_dtype} params")
@@ -558,18 +709,25 @@ def adam_update_tensor_list_(
         tensor_table, chunk_table, exp_avg, exp_avg_sq,
         max_exp_avg_sq if max_exp_avg_sq is not None else exp_avg_sq,
         hyper, pows_in, pows_out, clip_scales if clip_scales is not None else hyper,
+        master if master is not None else exp_avg,
+        grad_scale if grad_scale is not None else hyper,
+        found_inf if found_inf is not None else hyper,
         float(lr), n_tensors, n_chunks,
         **tensor_list_constexprs(param_dtype=param_dtype, grad_dtype=grad_dtype, aligned=aligned,
                                  amsgrad=max_exp_avg_sq is not None,
                                  coupled_decay=coupled_decay, decoupled_decay=decoupled_decay,
-                                 clip_scale=clip_scales is not None, clip_value=clip_value),
+                                 clip_scale=clip_scales is not None, clip_value=clip_value,
+                                 master=master is not None, unscale=grad_scale is not None,
+                                 skip_on_inf=found_inf is not None),
         num_warps=NUM_WARPS,
     )
 
 
 def tensor_list_constexprs(*, param_dtype: torch.dtype, grad_dtype: torch.dtype, aligned: bool,
                            amsgrad: bool, coupled_decay: bool, decoupled_decay: bool,
-                           clip_scale: bool = False, clip_value: bool = False) -> dict:
+                           clip_scale: bool = False, clip_value: bool = False,
+                           master: bool = False, unscale: bool = False,
+                           skip_on_inf: bool = False) -> dict:
     """The constexpr arguments of one multi-tensor specialization (shared with the compile
     check)."""
     return dict(
@@ -583,4 +741,7 @@ def tensor_list_constexprs(*, param_dtype: torch.dtype, grad_dtype: torch.dtype,
         DECOUPLED_DECAY=bool(decoupled_decay),
         CLIP_SCALE=bool(clip_scale),
         CLIP_VALUE=bool(clip_value),
+        MASTER=bool(master),
+        UNSCALE=bool(unscale),
+        SKIP_ON_INF=bool(skip_on_inf),
     )

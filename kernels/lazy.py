@@ -68,8 +68,6 @@ Design:
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -79,6 +77,7 @@ from .adam import (
     HYPER_BETA2,
     HYPER_WIDTH,
     _adam_math,
+    _round_to,
     _step_scalars,
     compute_dtype_for,
 )
@@ -104,22 +103,6 @@ MAX_GRID_0 = 2**31 - 1
 MAX_GRID_1 = 65535
 
 
-def _interpreting() -> bool:
-    """Whether this process runs @triton.jit kernels under the interpreter (decided, like
-    here, when the kernels are defined)."""
-    knobs = getattr(triton, "knobs", None)  # Triton >= 3.4
-    if knobs is not None:
-        return bool(knobs.runtime.interpret)
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-# fp32 -> bf16 must round to nearest even. Compiled, ``.to(tl.bfloat16)`` is LLVM's fptrunc,
-# i.e. ``cvt.rn.bf16(x2).f32`` (tests/test_compile_lazy.py checks the PTX); but the Triton 3.9
-# interpreter truncates toward zero for that conversion (even with
-# ``fp_downcast_rounding="rtne"``). Under the interpreter the kernel therefore rounds with
-# integer arithmetic instead, so CPU runs give the bits a GPU gives. fp16 is exact in both.
-_INTERPRETER_BF16_RNE = tl.constexpr(_interpreting())
-
 # The hyper-row columns as seen from @triton.jit code (compiled kernels may read only
 # constexpr globals).
 _HYPER_BETA1 = tl.constexpr(HYPER_BETA1)
@@ -127,19 +110,6 @@ _HYPER_BETA2 = tl.constexpr(HYPER_BETA2)
 
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
-
-
-@triton.jit
-def _round_to(p, dtype: tl.constexpr):
-    """``p`` (fp32 or fp64) rounded to nearest even in ``dtype``."""
-    if _INTERPRETER_BF16_RNE and dtype == tl.bfloat16:
-        bits = p.to(tl.uint32, bitcast=True)
-        bits = bits + (0x7FFF + ((bits >> 16) & 1))  # carries into the exponent as it should
-        rounded = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-        out = tl.where(p != p, p.to(tl.bfloat16), rounded)  # NaN stays NaN
-    else:
-        out = p.to(dtype)
-    return out
 
 
 @triton.jit(do_not_specialize=["nnz"])

@@ -59,6 +59,28 @@ class Specialization:
                          attrs=attrs)
 
 
+def _low_precision_variants() -> list[tuple]:
+    """fp16/bf16 params: (param, grad, amsgrad, coupled, decoupled, n type, clip, master mode)
+    with fp32 master weights (also with fp32 gradients, AMP's loss scale and overflow flag,
+    and decay), and without (computed in fp32, rounded every step)."""
+    out = []
+    for d in (torch.bfloat16, torch.float16):
+        out += [(d, d, False, False, False, "i32", False, "master"),
+                (d, d, True, True, True, "i32", True, "master"),
+                (d, torch.float32, False, False, False, "i32", False, "master"),
+                (d, d, False, False, False, "i32", False, "master amp"),
+                (d, d, False, False, False, "i32", False, "no-master")]
+    return out
+
+
+def _floor_mode(dtype: torch.dtype, grad: torch.dtype, amsgrad: bool, mp: str | None) -> str:
+    """The perf/floors.py row a specialization must meet."""
+    if dtype not in (torch.float16, torch.bfloat16):
+        return _TRITON_TYPE[dtype] + " amsgrad" * amsgrad
+    kind = "half master" if mp in ("master", "master amp") else "half"
+    return kind + (" fp32-grad" if grad == torch.float32 else "") + " amsgrad" * amsgrad
+
+
 def adam_specializations() -> list[Specialization]:
     """Every variant of the dense update the optimizer can launch.
 
@@ -69,34 +91,40 @@ def adam_specializations() -> list[Specialization]:
     specs = []
     pointer_args = ["param_ptr", "grad_ptr", "exp_avg_ptr", "exp_avg_sq_ptr",
                     "max_exp_avg_sq_ptr", "hyper_ptr", "pows_in_ptr", "pows_out_ptr",
-                    "clip_scale_ptr"]
-    variants = [(d, a, c, w, n, False) for d, a, c, w, n in itertools.product(
+                    "clip_scale_ptr", "master_ptr", "grad_scale_ptr", "found_inf_ptr"]
+    variants = [(d, d, a, c, w, n, False, None) for d, a, c, w, n in itertools.product(
         (torch.float32, torch.float64), (False, True), (False, True), (False, True),
         ("i32", "i64"))]
     # Gradient clipping (a norm clip's scale and value bounds, both applied as g is read).
-    variants += [(d, a, False, False, "i32", True) for d in (torch.float32, torch.float64)
-                 for a in (False, True)]
-    for dtype, amsgrad, coupled, decoupled, n_type, clip in variants:
+    variants += [(d, d, a, False, False, "i32", True, None)
+                 for d in (torch.float32, torch.float64) for a in (False, True)]
+    variants += _low_precision_variants()
+    for dtype, grad, amsgrad, coupled, decoupled, n_type, clip, mp in variants:
         p_ty = _TRITON_TYPE[dtype]
         c_ty = _TRITON_TYPE[adam.compute_dtype_for(dtype)]
+        master, amp = mp in ("master", "master amp"), mp == "master amp"
         constexprs = adam.kernel_constexprs(amsgrad=amsgrad, coupled_decay=coupled,
                                             decoupled_decay=decoupled, clip_scale=clip,
-                                            clip_value=clip)
+                                            clip_value=clip, master=master, unscale=amp,
+                                            skip_on_inf=amp)
         signature = {
-            "param_ptr": f"*{p_ty}", "grad_ptr": f"*{p_ty}", "exp_avg_ptr": f"*{c_ty}",
-            "exp_avg_sq_ptr": f"*{c_ty}", "max_exp_avg_sq_ptr": f"*{c_ty}",
-            "hyper_ptr": f"*{c_ty}", "pows_in_ptr": f"*{c_ty}", "pows_out_ptr": f"*{c_ty}",
-            "clip_scale_ptr": f"*{c_ty}", "lr": "fp64", "n_elements": n_type,
+            "param_ptr": f"*{p_ty}", "grad_ptr": f"*{_TRITON_TYPE[grad]}",
+            "exp_avg_ptr": f"*{c_ty}", "exp_avg_sq_ptr": f"*{c_ty}",
+            "max_exp_avg_sq_ptr": f"*{c_ty}", "hyper_ptr": f"*{c_ty}",
+            "pows_in_ptr": f"*{c_ty}", "pows_out_ptr": f"*{c_ty}",
+            "clip_scale_ptr": f"*{c_ty}", "master_ptr": "*fp32", "grad_scale_ptr": "*fp32",
+            "found_inf_ptr": "*fp32", "lr": "fp64", "n_elements": n_type,
             **{k: "constexpr" for k in constexprs},
         }
         divisible = tuple(pointer_args) + (("n_elements",) if n_type == "i32" else ())
-        mode = " ".join([p_ty] + ["amsgrad"] * amsgrad + ["coupled-decay"] * coupled
-                        + ["decoupled-decay"] * decoupled + ["clip"] * clip
-                        + [f"n:{n_type}"])
+        mode = " ".join([p_ty] + ([f"grad:{_TRITON_TYPE[grad]}"] if grad != dtype else [])
+                        + ([mp] if mp else []) + ["amsgrad"] * amsgrad
+                        + ["coupled-decay"] * coupled + ["decoupled-decay"] * decoupled
+                        + ["clip"] * clip + [f"n:{n_type}"])
         specs.append(Specialization(
             adam._adam_kernel, f"adam {mode}", signature, constexprs, divisible,
             num_warps=adam.NUM_WARPS, elements_per_program=constexprs["BLOCK"],
-            floor_mode=p_ty + " amsgrad" * amsgrad))
+            floor_mode=_floor_mode(dtype, grad, amsgrad, mp)))
     return specs
 
 
@@ -117,27 +145,35 @@ def tensor_list_specializations() -> list[Specialization]:
     variants += [(d, False, False, False, False, False) for d in (torch.float32, torch.float64)]
     variants += [(d, a, False, False, True, True) for d in (torch.float32, torch.float64)
                  for a in (False, True)]
-    for dtype, amsgrad, coupled, decoupled, aligned, clip in variants:
+    variants = [(d, d, a, c, w, al, cl, None) for d, a, c, w, al, cl in variants]
+    variants += [(d, g, a, c, w, True, cl, mp)
+                 for d, g, a, c, w, _, cl, mp in _low_precision_variants()]
+    pointer_args += ["master_ptr", "grad_scale_ptr", "found_inf_ptr"]
+    for dtype, grad, amsgrad, coupled, decoupled, aligned, clip, mp in variants:
         p_ty = _TRITON_TYPE[dtype]
         c_ty = _TRITON_TYPE[adam.compute_dtype_for(dtype)]
+        master, amp = mp in ("master", "master amp"), mp == "master amp"
         constexprs = adam.tensor_list_constexprs(
-            param_dtype=dtype, grad_dtype=dtype, aligned=aligned, amsgrad=amsgrad,
-            coupled_decay=coupled, decoupled_decay=decoupled, clip_scale=clip, clip_value=clip)
+            param_dtype=dtype, grad_dtype=grad, aligned=aligned, amsgrad=amsgrad,
+            coupled_decay=coupled, decoupled_decay=decoupled, clip_scale=clip, clip_value=clip,
+            master=master, unscale=amp, skip_on_inf=amp)
         signature = {
             "tensor_table_ptr": "*i64", "chunk_table_ptr": "*i32", "exp_avg_ptr": f"*{c_ty}",
             "exp_avg_sq_ptr": f"*{c_ty}", "max_exp_avg_sq_ptr": f"*{c_ty}",
             "hyper_ptr": f"*{c_ty}", "pows_in_ptr": f"*{c_ty}", "pows_out_ptr": f"*{c_ty}",
-            "clip_scales_ptr": f"*{c_ty}", "lr": "fp64", "n_tensors": "i32", "n_chunks": "i32",
+            "clip_scales_ptr": f"*{c_ty}", "master_ptr": "*fp32", "grad_scale_ptr": "*fp32",
+            "found_inf_ptr": "*fp32", "lr": "fp64", "n_tensors": "i32", "n_chunks": "i32",
             **{k: "constexpr" for k in constexprs},
         }
-        mode = " ".join([p_ty] + ["amsgrad"] * amsgrad + ["coupled-decay"] * coupled
-                        + ["decoupled-decay"] * decoupled + ["clip"] * clip
-                        + ([] if aligned else ["unaligned"]))
+        mode = " ".join([p_ty] + ([f"grad:{_TRITON_TYPE[grad]}"] if grad != dtype else [])
+                        + ([mp] if mp else []) + ["amsgrad"] * amsgrad
+                        + ["coupled-decay"] * coupled + ["decoupled-decay"] * decoupled
+                        + ["clip"] * clip + ([] if aligned else ["unaligned"]))
         specs.append(Specialization(
             adam._adam_tensor_list_kernel, f"tensor-list {mode}", signature, constexprs,
             tuple(pointer_args), num_warps=adam.NUM_WARPS,
-            elements_per_program=constexprs["BLOCK"], floor_mode=p_ty + " amsgrad" * amsgrad,
-            vector_access=aligned))
+            elements_per_program=constexprs["BLOCK"],
+            floor_mode=_floor_mode(dtype, grad, amsgrad, mp), vector_access=aligned))
     return specs
 
 

@@ -33,6 +33,13 @@ FLOORS: dict[str, Floor] = {
     "fp32 amsgrad": Floor(read=20, write=16, grad_bytes=4),  # + vmax / + vmax
     "fp64": Floor(read=32, write=24, grad_bytes=8),
     "fp64 amsgrad": Floor(read=40, write=32, grad_bytes=8),
+    # fp16/bf16 params with fp32 master weights: g 2, master, m, v 12 read; master, m, v 12
+    # and p 2 written (performance-method.md section 1). With fp32 ("master") gradients the
+    # read of g is 4. Without master weights p is read (2) instead of the master.
+    "half master": Floor(read=14, write=14, grad_bytes=2),
+    "half master amsgrad": Floor(read=18, write=18, grad_bytes=2),
+    "half master fp32-grad": Floor(read=16, write=14, grad_bytes=4),
+    "half": Floor(read=12, write=10, grad_bytes=2),
     # The global-norm pass of clipping: one read of the gradient (its partial sums are per
     # program). A clipped step moves the update's floor plus this.
     "norm fp32": Floor(read=4, write=0, grad_bytes=4),

@@ -105,13 +105,6 @@ def test_non_contiguous_parameter_is_an_error():
         triton_adam.Adam(parameters=[p])
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_low_precision_params_not_yet_supported(dtype):
-    with pytest.raises(NotImplementedError, match="multi_precision"):
-        triton_adam.Adam(parameters=[torch.zeros(3, dtype=dtype, requires_grad=True)],
-                         multi_precision=True)
-
-
 def test_set_and_get_lr():
     opt = triton_adam.Adam(0.1, parameters=make_params(1))
     assert opt.get_lr() == 0.1

@@ -35,9 +35,9 @@ def audit(tmp_path_factory):
 def test_audit_covers_every_specialization_and_plots(audit):
     result, report, out = audit
     rows = report["rows"]
-    # 32 + 4 clipped dense-update, 18 + 4 clipped multi-tensor and 4 norm-pass variants
+    # dense update: 32 + 4 clipped + 10 fp16/bf16; multi-tensor: 18 + 4 + 10; 4 norm passes;
     # x sm_80, sm_90
-    assert len(rows) == 2 * (36 + 22 + 4), len(rows)
+    assert len(rows) == 2 * (46 + 32 + 4), len(rows)
     assert {r["target"] for r in rows} == {"sm_80", "sm_90"}
     assert (out / "bytes.png").stat().st_size > 10_000
     # exit status 1 exactly when some row fails, and the failures are printed
@@ -67,6 +67,14 @@ def _rows():
             yield pytest.param(target, mode, id=f"{target}-{mode}")
     for grad, target in product(("fp32", "bf16", "fp16", "fp64"), ("sm_80", "sm_90")):
         yield pytest.param(target, f"norm {grad}", id=f"{target}-norm {grad}")
+    # fp16/bf16 params: fp32 master weights (the issue's floor: 28 B with bf16 grads), with
+    # fp32 grads, with AMP's scale and skip flag, with everything, and without master.
+    for half, target in product(("bf16", "fp16"), ("sm_80", "sm_90")):
+        for kernel, suffix in (("adam", " n:i32"), ("tensor-list", "")):
+            for rest in ("master", "master amsgrad coupled-decay decoupled-decay clip",
+                         "grad:fp32 master", "master amp", "no-master"):
+                mode = f"{kernel} {half} {rest}{suffix}"
+                yield pytest.param(target, mode, id=f"{target}-{mode}")
 
 
 @pytest.mark.parametrize("target,mode", list(_rows()))
@@ -108,3 +116,13 @@ def test_unaligned_tensor_list_fallback_at_floor(audit, target, dtype):
     assert row["store_bytes_per_element"] == row["floor_store"], row
     assert row["narrowest_access"] < 16 and not row["vector_required"], row
     assert row["violations"] == [], row["violations"]
+
+
+@pytest.mark.parametrize("target", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("kernel", ["adam", "tensor-list"])
+def test_bf16_master_update_moves_28_bytes(audit, target, kernel):
+    """The mixed-precision issue's figure: bf16 params and grads, fp32 master, m, v."""
+    suffix = " n:i32" if kernel == "adam" else ""
+    row = {(r["target"], r["mode"]): r for r in audit[1]["rows"]}[
+        (target, f"{kernel} bf16 master{suffix}")]
+    assert row["load_bytes_per_element"] + row["store_bytes_per_element"] == 28, row

@@ -73,14 +73,19 @@ class Bucket:
     """The parameters of one launch, their flat state and their launch tables."""
 
     def __init__(self, params: Sequence[torch.Tensor], configs: Sequence[MemberConfig], *,
-                 amsgrad: bool, multi_tensor: bool) -> None:
+                 amsgrad: bool, multi_tensor: bool, grad_dtype: torch.dtype | None = None,
+                 multi_precision: bool = False) -> None:
         if not params:
             raise ValueError("a bucket needs at least one parameter")
         self.params = list(params)
         self.configs = list(configs)
         self.device = self.params[0].device
         self.param_dtype = self.params[0].dtype
+        self.grad_dtype = grad_dtype or self.param_dtype
         self.compute_dtype = K.compute_dtype_for(self.param_dtype)
+        # fp32 master weights for fp16/bf16 params (multi_precision); without them fp16/bf16
+        # params are still computed in fp32 with fp32 moments, and rounded at every step.
+        self.has_master = multi_precision and self.param_dtype in K.LOW_PRECISION
         self.amsgrad = amsgrad
         self.multi_tensor = multi_tensor
         # Decay switches per bucket, the same for both paths (bitwise identity): a member
@@ -107,6 +112,8 @@ class Bucket:
         self.moment1 = torch.zeros(total, dtype=cdt, device=dev)
         self.moment2 = torch.zeros(total, dtype=cdt, device=dev)
         self.moment2_max = torch.zeros(total, dtype=cdt, device=dev) if amsgrad else None
+        self.master = (torch.zeros(total, dtype=torch.float32, device=dev) if self.has_master
+                       else None)
         self.hyper = torch.tensor([c.hyper for c in self.configs], dtype=cdt, device=dev)
         pows = torch.zeros(2, n, K.POW_SLOT_WIDTH, dtype=cdt)
         for j, c in enumerate(self.configs):
@@ -141,6 +148,7 @@ class Bucket:
         self._chunk_key: tuple[bool, ...] | None = None
         self._chunk_table: torch.Tensor | None = None
         self._synced: StepPlan | None = None  # the plan the device tables describe
+        self._amp: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
 
     # ------------------------------------------------------------------------------ state
     def current_slot(self, j: int) -> int:
@@ -163,9 +171,14 @@ class Bucket:
             raise NotImplementedError(f"{what} has a sparse gradient: sparse gradients "
                                       "(lazy_mode) are not implemented yet (the lazy-mode "
                                       "issue)")
-        if g.dtype != p.dtype:
-            raise TypeError(f"{what}: gradient dtype {g.dtype} differs from the parameter's "
-                            f"{p.dtype}")
+        if g.dtype != self.grad_dtype:
+            if g.dtype == p.dtype or (p.dtype in K.LOW_PRECISION and g.dtype == torch.float32):
+                raise TypeError(f"{what}: gradient dtype {g.dtype}, but its launch group was "
+                                f"built for {self.grad_dtype} gradients: a parameter's gradient "
+                                "dtype must not change between steps")
+            raise TypeError(f"{what}: gradient dtype {g.dtype} does not go with the "
+                            f"parameter's {p.dtype} (fp16/bf16 parameters take their own "
+                            "dtype or float32 gradients; others their own dtype)")
         if g.shape != p.shape or g.device != p.device:
             raise ValueError(f"{what}: gradient {tuple(g.shape)} on {g.device} does not match "
                              f"the parameter {tuple(p.shape)} on {p.device}")
@@ -214,8 +227,11 @@ class Bucket:
             self.hyper[:, col].index_copy_(0, rows, src)
 
     def _create(self, members: list[int]) -> None:
-        """First step of ``members``: pows of tensor betas start at the tensor's value."""
+        """First step of ``members``: pows of tensor betas start at the tensor's value, and
+        master weights are the param cast to float32 (Paddle's ``cast(param, float32)``)."""
         for j in members:
+            if self.master is not None:
+                self.state_view(self.master, j).copy_(self.params[j])
             for col, t in self.configs[j].tensor_hypers.items():
                 if col in (K.HYPER_BETA1, K.HYPER_BETA2):
                     which = col - K.HYPER_BETA1
@@ -227,12 +243,17 @@ class Bucket:
         """Whether a step uses the device tables (multi-tensor update or a norm pass)."""
         return self.multi_tensor or self.clip_scale
 
-    def launch(self, plan: StepPlan, lr: float, clip_scales: torch.Tensor | None = None) -> None:
+    def launch(self, plan: StepPlan, lr: float, clip_scales: torch.Tensor | None = None,
+               grad_scale: torch.Tensor | None = None,
+               found_inf: torch.Tensor | None = None) -> None:
         """Run the step planned by ``prepare`` (the plan must be this step's).
 
         ``clip_scales`` is the step's clip-scale buffer (entry 0 holds 1), required when a
-        member clips by a norm.
+        member clips by a norm; ``grad_scale`` and ``found_inf`` are AMP's device loss scale
+        and overflow flag (a set flag changes nothing but the pow slot, whose pows are
+        copied).
         """
+        self._amp = (grad_scale, found_inf)
         if not any(plan.active):
             return  # no launch, no pow advance: nothing of this bucket had a gradient
         if self.clip_scale and clip_scales is None:
@@ -262,7 +283,9 @@ class Bucket:
                 self.hyper[j], self.pows[s, j], self.pows[1 - s, j], lr=lr,
                 coupled_decay=self.coupled_decay, decoupled_decay=self.decoupled_decay,
                 clip_scale=clip_scales[c:c + 1] if self.clip_scale else None,
-                clip_value=self.clip_value)
+                clip_value=self.clip_value,
+                master=None if self.master is None else self.state_view(self.master, j),
+                grad_scale=self._amp[0], found_inf=self._amp[1])
             self.slots[j] = 1 - s
             self._remember(j, g)
 
@@ -309,9 +332,10 @@ class Bucket:
         K.adam_update_tensor_list_(
             table, chunks, self.moment1, self.moment2, self.moment2_max, self.hyper,
             self.pows[s], self.pows[1 - s], lr=lr, param_dtype=self.param_dtype,
-            grad_dtype=self.param_dtype, aligned=self._aligned,
+            grad_dtype=self.grad_dtype, aligned=self._aligned,
             coupled_decay=self.coupled_decay, decoupled_decay=self.decoupled_decay,
-            clip_scales=clip_scales if self.clip_scale else None, clip_value=self.clip_value)
+            clip_scales=clip_scales if self.clip_scale else None, clip_value=self.clip_value,
+            master=self.master, grad_scale=self._amp[0], found_inf=self._amp[1])
         self.slot = 1 - s
 
     @property
@@ -361,9 +385,17 @@ def _upload(array: np.ndarray, device: torch.device) -> torch.Tensor:
     return host.to(device)
 
 
-def bucket_key(param: torch.Tensor) -> tuple[torch.device, torch.dtype]:
+def grad_dtype_of(param: torch.Tensor) -> torch.dtype:
+    """The dtype of ``param``'s gradients: its gradient's if it has one, else torch's
+    ``grad_dtype`` attribute when set (fp32 gradients of bf16 params), else its own."""
+    if param.grad is not None:
+        return param.grad.dtype
+    return getattr(param, "grad_dtype", None) or param.dtype
+
+
+def bucket_key(param: torch.Tensor) -> tuple[torch.device, torch.dtype, torch.dtype]:
     """What must be equal for two params to share a launch."""
-    return (param.device, param.dtype)
+    return (param.device, param.dtype, grad_dtype_of(param))
 
 
 def group_into_buckets(params: Sequence[torch.Tensor],

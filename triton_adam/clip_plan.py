@@ -51,7 +51,7 @@ class DeviceClipper:
             raise NotImplementedError(f"norm clipping over parameters on several devices "
                                       f"({sorted(map(str, devices))}) is not supported")
         device = devices.pop()
-        acc = N.accumulation_dtype_for([b.param_dtype for b, _ in work])
+        acc = N.accumulation_dtype_for([b.grad_dtype for b, _ in work])
         ranges: dict[int, list[tuple[int, int]]] = {}
         passes = []
         offset = 0
@@ -73,11 +73,14 @@ class DeviceClipper:
         self._tables = (segments, outputs, clip_norms, norms)
         self._scales = torch.ones(len(self.outputs) + 1, dtype=acc, device=device)
 
-    def scales(self, work: Sequence[tuple[Bucket, StepPlan]]) -> torch.Tensor:
+    def scales(self, work: Sequence[tuple[Bucket, StepPlan]],
+               grad_scale: torch.Tensor | None = None) -> torch.Tensor:
         """Launch this step's norm passes and finalize; return the scale buffer.
 
         ``work``: the buckets that clip by a norm, with this step's plans (their tables
-        synced). The returned buffer is overwritten by the next step.
+        synced). ``grad_scale``: AMP's loss scale when the gradients are still scaled; the
+        sums of squares are divided by its square before the norms are taken (exact for
+        GradScaler's powers of two). The returned buffer is overwritten by the next step.
         """
         key = (len(self.outputs), tuple((id(b), plan.active) for b, plan in work))
         if key != self._key:
@@ -87,8 +90,11 @@ class DeviceClipper:
         for bucket, rows, part in self._passes:
             N.sum_squares_tensor_list_(
                 bucket.sync_tables(_plan_of(work, bucket))[0], rows, self._partials[part],
-                grad_dtype=bucket.param_dtype, aligned=bucket.aligned,
+                grad_dtype=bucket.grad_dtype, aligned=bucket.aligned,
                 chunk_size=K.CHUNK_SIZE)
+        if grad_scale is not None and len(self._partials):
+            self._partials.mul_(grad_scale.reshape(()).to(self._partials.device,
+                                                          self._partials.dtype).reciprocal().square())
         segments, outputs, clip_norms, norms = self._tables
         N.clip_scales_(self._partials, segments, outputs, clip_norms, norms, self._scales[1:])
         return self._scales

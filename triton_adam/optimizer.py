@@ -10,12 +10,13 @@ device row per parameter, and the beta pows advance on the device (see ``_ParamS
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
 
-from triton_adam.buckets import Bucket, MemberConfig, group_into_buckets
+from triton_adam.buckets import Bucket, MemberConfig, grad_dtype_of, group_into_buckets
 from triton_adam.kernels import adam as _adam_kernels
 from triton_adam.lr import LRScheduler
 from triton_adam.clip import ClipGradBase, ClipGradByNorm, ClipGradByValue
@@ -26,6 +27,21 @@ from triton_adam.param_attr import (param_lr_scale, param_name, param_need_clip,
 from triton_adam.param_groups import parse_parameters
 from triton_adam import state as _state
 from triton_adam.regularizer import L1Decay, L2Decay, WeightDecayRegularizer
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _on(t: torch.Tensor | None, bucket: Bucket) -> torch.Tensor | None:
+    """An AMP tensor as the bucket's kernels read it (float32, on its device): a no-op for
+    GradScaler's own tensors; no host sync either way (a CPU scalar to CUDA is an async
+    copy)."""
+    if t is None:
+        return None
+    t = t.reshape(1)
+    if t.dtype != torch.float32 or t.device != bucket.device:
+        t = t.to(device=bucket.device, dtype=torch.float32, non_blocking=True)
+    return t
+
 
 def _check_grad_clip(clip: object, where: str) -> None:
     """Paddle's type check; bounds Paddle checks only when it clips are checked here, once
@@ -92,14 +108,9 @@ class _AdamBase:
         self._given_names = [n for group in groups for n in group.given_names]
         self._group_of = [g for g, group in enumerate(groups) for _ in group.params]
         for i, p in enumerate(self._parameter_list):
-            if p.dtype in (torch.float16, torch.bfloat16):
-                raise NotImplementedError(
-                    f"parameters[{i}] is {p.dtype}: float16/bfloat16 parameters (and "
-                    "multi_precision master weights) are not implemented yet (the "
-                    "mixed-precision issue)")
-            if p.dtype not in (torch.float32, torch.float64):
-                raise TypeError(f"parameters[{i}] has dtype {p.dtype}; Adam updates float32 "
-                                "and float64 parameters")
+            if p.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+                raise TypeError(f"parameters[{i}] has dtype {p.dtype}; Adam updates float32, "
+                                "float64, float16 and bfloat16 parameters")
             if not p.is_contiguous():
                 raise ValueError(f"parameters[{i}] is not contiguous: the kernels update a "
                                  "parameter in place over its storage")
@@ -110,6 +121,7 @@ class _AdamBase:
         self._epsilon = epsilon
         self._lazy_mode = bool(lazy_mode)
         self._multi_precision = bool(multi_precision)
+        self._warned_low_precision = False
         self._use_multi_tensor = bool(use_multi_tensor)
         self._amsgrad = bool(amsgrad)
         self._name = name
@@ -236,9 +248,20 @@ class _AdamBase:
 
         def make(members: list[int]) -> Bucket:
             chosen = [indices[m] for m in members]
+            first = self._parameter_list[chosen[0]]
+            if first.dtype in LOW_PRECISION and not self._multi_precision \
+                    and not self._warned_low_precision:
+                # Paddle's warning, once per optimizer (Paddle: once per parameter).
+                warnings.warn("Accumulating with FP16 or BF16 in optimizer can lead to poor "
+                              "accuracy or slow convergence.Consider using "
+                              "multi_precision=True option of the Adam optimizer.",
+                              stacklevel=4)
+                self._warned_low_precision = True
             return Bucket([self._parameter_list[i] for i in chosen],
                           [self._member_config(i) for i in chosen], amsgrad=self._amsgrad,
-                          multi_tensor=self._use_multi_tensor)
+                          multi_tensor=self._use_multi_tensor,
+                          grad_dtype=grad_dtype_of(first),
+                          multi_precision=self._multi_precision)
 
         for bucket in group_into_buckets(params, make):
             for j, p in enumerate(bucket.params):
@@ -296,8 +319,13 @@ class _AdamBase:
         plans = [(b, b.prepare([grads.get(id(p)) for p in b.params])) for b in self._buckets]
         self._launch(plans)
 
-    def _launch(self, plans: list) -> None:
+    def _launch(self, plans: list, grad_scale: torch.Tensor | None = None,
+                found_inf: torch.Tensor | None = None) -> None:
         # Every bucket is validated before the first launch, so bad input changes nothing.
+        for name, t in (("grad_scale", grad_scale), ("found_inf", found_inf)):
+            if t is not None and (not isinstance(t, torch.Tensor) or t.numel() != 1):
+                raise TypeError(f"{name} must be a 1-element tensor on the parameters' "
+                                f"device (no host sync), got {type(t).__name__}")
         lr = self.get_lr()
         scales = None
         clipped = [(b, plan) for b, plan in plans if b.clip_scale and any(plan.active)]
@@ -306,19 +334,43 @@ class _AdamBase:
             # gradient; the updates multiply each gradient by its scale as they read it.
             for bucket, plan in clipped:
                 bucket.sync_tables(plan)
-            scales = self._clipper.scales(clipped)
+            scales = self._clipper.scales(clipped, grad_scale)
         for bucket, plan in plans:
-            bucket.launch(plan, lr, scales)
+            bucket.launch(plan, lr, scales, _on(grad_scale, bucket), _on(found_inf, bucket))
+
+    # torch.amp.GradScaler's fused-optimizer protocol: instead of unscaling the gradients and
+    # checking them on the host, the scaler sets ``grad_scale`` and ``found_inf`` (device
+    # tensors) on the optimizer before calling step(), which the kernels consume.
+    _step_supports_amp_scaling = True
+
+    @property
+    def param_groups(self) -> list[dict]:
+        """PyTorch-style groups (``[{'params': [...]}, ...]``), for tools that walk an
+        optimizer's parameters (``torch.amp.GradScaler`` does)."""
+        return [{"params": list(group.params)} for group in self._groups]
 
     @torch.no_grad()
-    def step(self) -> None:
+    def step(self, *, grad_scale: torch.Tensor | None = None,
+             found_inf: torch.Tensor | None = None) -> None:
         """Update every trainable parameter that has a gradient; others are left untouched.
 
         A zero gradient is still a step (moments decay, the pows advance); a ``None``
         gradient skips the parameter, whose step count then stays behind (Paddle's
         per-parameter step count). With ``use_multi_tensor=True`` this is one kernel launch
         per bucket (parameters of one device and dtype), otherwise one per parameter.
+
+        Args:
+            grad_scale: AMP's loss scale, a 1-element device tensor: gradients are divided by
+                it inside the kernels (their tensors are not modified).
+            found_inf: AMP's overflow flag, a 1-element device tensor: when nonzero the step
+                changes nothing (params, master weights, moments, pows), decided on the
+                device. ``torch.amp.GradScaler`` passes both by setting the attributes
+                ``grad_scale`` and ``found_inf`` on the optimizer; explicit arguments win.
         """
+        if grad_scale is None:
+            grad_scale = getattr(self, "grad_scale", None)
+        if found_inf is None:
+            found_inf = getattr(self, "found_inf", None)
         # After the first step only the (usually no) parameters outside every bucket are
         # looked at here: the buckets check their own members.
         candidates = self._parameter_list if not self._buckets else self._unbucketed
@@ -326,7 +378,7 @@ class _AdamBase:
             self._ensure_buckets(p for p in candidates if p.requires_grad and p.grad is not None)
         plans = [(b, b.prepare([p.grad if p.requires_grad else None for p in b.params]))
                  for b in self._buckets]
-        self._launch(plans)
+        self._launch(plans, grad_scale, found_inf)
 
     def minimize(self, loss: torch.Tensor, startup_program: object = None,
                  parameters: Iterable[torch.Tensor] | None = None,
