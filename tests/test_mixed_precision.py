@@ -248,3 +248,37 @@ def test_explicit_grad_scale_divides_gradients_inside_the_kernel():
     assert all(torch.equal(a, b) for a, b in zip(params, before))
     after = opt.state_dict()
     assert all(torch.equal(after[k], state[k]) for k in state)
+
+
+def test_state_loaded_before_the_first_step_then_fp32_gradients():
+    """Loading state builds the launch groups before any gradient is seen; the first
+    gradients (fp32 on a bf16 param that accepts any gradient dtype) then decide."""
+    def run(load: bool):
+        params = _params(torch.bfloat16)
+        opt = triton_adam.Adam(0.01, parameters=params, multi_precision=True)
+        grads = _grads(params, torch.float32)
+        if load:
+            donor = _params(torch.bfloat16)
+            donor_opt = triton_adam.Adam(0.01, parameters=donor, multi_precision=True)
+            _set_grads(donor, grads[0])
+            donor_opt.step()
+            opt.set_state_dict(donor_opt.state_dict())
+            for p, q in zip(params, donor):
+                p.data.copy_(q.detach())
+        for p in params:
+            p.grad_dtype = None  # any gradient dtype
+        for step_grads in grads[1:]:
+            for p, g in zip(params, step_grads):
+                p.grad = g.clone()
+            opt.step()
+        return [p.detach().clone() for p in params]
+
+    straight = _params(torch.bfloat16)
+    opt = triton_adam.Adam(0.01, parameters=straight, multi_precision=True)
+    for step_grads in _grads(straight, torch.float32):
+        for p, g in zip(straight, step_grads):
+            p.grad_dtype = None
+            p.grad = g.clone()
+        opt.step()
+    resumed = run(load=True)
+    assert all(torch.equal(a, b) for a, b in zip(straight, resumed))

@@ -184,12 +184,13 @@ def test_params_without_grad_or_frozen_are_untouched():
 
 def test_bad_gradient_changes_nothing():
     """Every pair is validated before the first launch: no half-applied step."""
-    params = make_params(2)
+    params = make_params(1) + [torch.randn(3, 4, requires_grad=True)]
     params[0].grad = torch.randn_like(params[0])
+    # 2-D sparse (sparse_dim 2): not the row-sparse gradient lazy mode takes
     params[1].grad = torch.randn_like(params[1]).to_sparse()
     before = [p.detach().clone() for p in params]
     opt = triton_adam.Adam(0.1, parameters=params)
-    with pytest.raises(NotImplementedError, match="sparse"):
+    with pytest.raises(ValueError, match="row-sparse"):
         opt.step()
     assert all(torch.equal(p.detach(), b) for p, b in zip(params, before))
     assert opt.state_dict() == {}

@@ -25,6 +25,7 @@ switches per bucket, so the two paths give bitwise identical results.
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ import torch
 
 from triton_adam import backend
 from triton_adam.kernels import adam as K
+from triton_adam.kernels import lazy as L
 
 
 @dataclass
@@ -53,6 +55,7 @@ class MemberConfig:
     # entry 0 holds 1); ``clip_value`` clamps to the row's HYPER_CLIP_MIN/MAX.
     clip_index: int = 0
     clip_value: bool = False
+    lazy: bool = False  # lazy_mode: a sparse gradient updates only its rows
 
 
 @dataclass
@@ -63,6 +66,9 @@ class StepPlan:
     active: tuple[bool, ...]
     created: list[int]  # members whose state is created by this step
     changed: list[int]  # active members whose gradient or param is not the one last seen
+    sparse: list[tuple[int, torch.Tensor]] = dataclasses.field(default_factory=list)
+    # ^ lazy_mode members with a non-empty sparse gradient: updated by the row kernel
+    sparse_seen: bool = False  # some gradient of this step was sparse (lazy or densified)
 
 
 def _pad(n: int) -> int:
@@ -167,12 +173,18 @@ class Bucket:
     def _validate(self, j: int, g: torch.Tensor) -> torch.Tensor:
         p = self.params[j]
         what = self.configs[j].what
-        if g.is_sparse or g.layout != torch.strided:
-            raise NotImplementedError(f"{what} has a sparse gradient: sparse gradients "
-                                      "(lazy_mode) are not implemented yet (the lazy-mode "
-                                      "issue)")
+        if g.layout != torch.strided:
+            raise TypeError(f"{what}: a {g.layout} gradient; sparse gradients must be sparse "
+                            "COO tensors (as Embedding(sparse=True) makes)")
+        allowed = g.dtype == p.dtype or (p.dtype in K.LOW_PRECISION and g.dtype == torch.float32)
+        if g.dtype != self.grad_dtype and allowed and self._synced is None \
+                and self.slots in (None, [0] * len(self.params)) and self.slot == 0 \
+                and not any(ref is not None for ref in self._built_grads):
+            # Built before any gradient was seen (set_state_dict before the first step): the
+            # first gradients decide the launch group's gradient dtype.
+            self.grad_dtype = g.dtype
         if g.dtype != self.grad_dtype:
-            if g.dtype == p.dtype or (p.dtype in K.LOW_PRECISION and g.dtype == torch.float32):
+            if allowed:
                 raise TypeError(f"{what}: gradient dtype {g.dtype}, but its launch group was "
                                 f"built for {self.grad_dtype} gradients: a parameter's gradient "
                                 "dtype must not change between steps")
@@ -205,8 +217,24 @@ class Bucket:
         refs, gptrs, pptrs, params = (self._built_grads, self._built_gptr, self._built_pptr,
                                       self.params)
         changed = []
+        sparse: list[tuple[int, torch.Tensor]] = []
+        sparse_seen = False
         for j, g in enumerate(out):
             if g is None:
+                continue
+            if g.is_sparse:
+                sparse_seen = True
+                g = self._validate_sparse(j, g)
+                if g._nnz() == 0:
+                    out[j] = None  # an empty sparse gradient changes nothing, pows included
+                elif self.configs[j].lazy:
+                    out[j] = None  # not in the dense launch: the row kernel updates it
+                    sparse.append((j, g))
+                else:
+                    # lazy_mode=False: absent rows count as zero gradient (Paddle), i.e. the
+                    # dense update of the densified gradient (to_dense makes no host sync).
+                    out[j] = L.dense_grad(g)
+                    changed.append(j)
                 continue
             ref = refs[j]
             p = params[j]
@@ -218,7 +246,27 @@ class Bucket:
         active = tuple(g is not None for g in out)
         created = ([j for j, a in enumerate(active) if a and not self.created[j]]
                    if active != self._created_key else [])
-        return StepPlan(out, active, created, changed)
+        created += [j for j, _ in sparse if not self.created[j]]
+        return StepPlan(out, active, created, changed, sparse, sparse_seen)
+
+    def _validate_sparse(self, j: int, g: torch.Tensor) -> torch.Tensor:
+        p = self.params[j]
+        what = self.configs[j].what
+        if g.shape != p.shape or g.device != p.device:
+            raise ValueError(f"{what}: sparse gradient {tuple(g.shape)} on {g.device} does "
+                             f"not match the parameter {tuple(p.shape)} on {p.device}")
+        if g.sparse_dim() != 1:
+            raise ValueError(f"{what}: a sparse gradient must be row-sparse (sparse_dim 1, as "
+                             f"Embedding(sparse=True) makes), got sparse_dim {g.sparse_dim()}")
+        if g.dtype != self.grad_dtype and not (p.dtype in K.LOW_PRECISION
+                                               and g.dtype == torch.float32):
+            raise TypeError(f"{what}: sparse gradient dtype {g.dtype} does not go with the "
+                            f"parameter's {p.dtype}")
+        if self.clip_scale or self.clip_value:
+            raise NotImplementedError(f"{what}: gradient clipping of sparse gradients is not "
+                                      "supported yet")
+        backend.check_runnable(p, what)
+        return g
 
     # ---------------------------------------------------------------------------- launches
     def _refresh_tensor_hypers(self) -> None:
@@ -254,8 +302,11 @@ class Bucket:
         copied).
         """
         self._amp = (grad_scale, found_inf)
-        if not any(plan.active):
+        if not any(plan.active) and not plan.sparse:
             return  # no launch, no pow advance: nothing of this bucket had a gradient
+        if plan.sparse and (grad_scale is not None or found_inf is not None):
+            raise NotImplementedError("AMP (grad_scale / found_inf) with sparse gradients is "
+                                      "not supported yet")
         if self.clip_scale and clip_scales is None:
             raise ValueError("this bucket clips by norm: the step's clip scales are needed")
         if self._tensor_hypers:
@@ -288,6 +339,19 @@ class Bucket:
                 grad_scale=self._amp[0], found_inf=self._amp[1])
             self.slots[j] = 1 - s
             self._remember(j, g)
+        for j, g in plan.sparse:
+            s = self.slots[j]
+            if self._launch_sparse(j, g, s, lr):
+                self.slots[j] = 1 - s
+
+    def _launch_sparse(self, j: int, g: torch.Tensor, s: int, lr: float) -> bool:
+        """The row kernel for member ``j``: reads pows slot ``s``, writes the other."""
+        return L.sparse_adam_update_(
+            self.params[j], g, self.state_view(self.moment1, j), self.state_view(self.moment2, j),
+            None if self.moment2_max is None else self.state_view(self.moment2_max, j),
+            self.hyper[j], self.pows[s, j], self.pows[1 - s, j], lr=lr,
+            coupled_decay=self.coupled_decay, decoupled_decay=self.decoupled_decay,
+            master=None if self.master is None else self.state_view(self.master, j))
 
     def _remember(self, j: int, g: torch.Tensor) -> None:
         self._built_grads[j] = weakref.ref(g)
@@ -336,6 +400,10 @@ class Bucket:
             coupled_decay=self.coupled_decay, decoupled_decay=self.decoupled_decay,
             clip_scales=clip_scales if self.clip_scale else None, clip_value=self.clip_value,
             master=self.master, grad_scale=self._amp[0], found_inf=self._amp[1])
+        # Sparse (lazy) members after the dense launch, whose pow pass copied their pows into
+        # slot 1 - s: the row kernel overwrites them there with the advanced ones.
+        for j, g in plan.sparse:
+            self._launch_sparse(j, g, s, lr)
         self.slot = 1 - s
 
     @property

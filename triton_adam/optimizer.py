@@ -238,8 +238,10 @@ class _AdamBase:
                     self._clip_entry_of_group[group] = self._clipper.add_output(
                         mode, clip.clip_norm)
                 clip_index = self._clip_entry_of_group[group]
+        lazy = bool(self._option(index, "lazy_mode", self._lazy_mode) if self._group_mode
+                    else self._lazy_mode)
         return MemberConfig(hyper=row, tensor_hypers=tensors, what=what,
-                            clip_index=clip_index, clip_value=clip_value)
+                            clip_index=clip_index, clip_value=clip_value, lazy=lazy)
 
     # ------------------------------------------------------------------------------- state
     def _build_buckets(self, indices: list[int]) -> None:
@@ -282,9 +284,10 @@ class _AdamBase:
         """The accumulators under Paddle's keys, ``{param_name}_{[name_]}{acc}_0``.
 
         Empty before the first step, but for ``'LR_Scheduler'`` (the scheduler's own
-        ``state_dict()``) when a scheduler drives the learning rate. Moments are views of
-        the live state; the pows are views of the slot current at the time of the call:
-        take the dict and save it before the next step.
+        ``state_dict()``) when a scheduler drives the learning rate. Moments and master
+        weights are views of the live state (as Paddle returns its live accumulators); the
+        pows are copies taken at the call: take the dict and save it before the next step.
+        See ``triton_adam.state`` for the keys (master weights included).
         """
         return _state.state_dict(self)
 
@@ -326,6 +329,10 @@ class _AdamBase:
             if t is not None and (not isinstance(t, torch.Tensor) or t.numel() != 1):
                 raise TypeError(f"{name} must be a 1-element tensor on the parameters' "
                                 f"device (no host sync), got {type(t).__name__}")
+        if not self._group_mode and getattr(self, "regularization", None) is not None \
+                and any(plan.sparse_seen for _, plan in plans):
+            raise RuntimeError("Adam don't support weight_decay with sparse parameters, please "
+                               "set it to None.")
         lr = self.get_lr()
         scales = None
         clipped = [(b, plan) for b, plan in plans if b.clip_scale and any(plan.active)]
