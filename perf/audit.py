@@ -117,10 +117,34 @@ COLUMNS = [  # (header, row -> cell)
 
 
 def table(rows: list[dict]) -> str:
-    """The rows as a Markdown table (what the README shows)."""
+    """The rows as a Markdown table, one per specialization and target."""
     lines = ["| " + " | ".join(h for h, _ in COLUMNS) + " |",
              "|" + "|".join("---" for _ in COLUMNS) + "|"]
     lines += ["| " + " | ".join(cell(r) for _, cell in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def summary(rows: list[dict]) -> str:
+    """One Markdown row per kernel and floor mode (what the README shows): every distinct
+    bytes-per-element pair and access width among its variants, max registers, spills."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        key = (r["kernel"], r["floor_mode"], r.get("vector_required", True))
+        groups.setdefault(key, []).append(r)
+    lines = ["| kernel | floor mode | variants x targets | load+store B/elem | floor | "
+             "access B, full blocks | regs (max) | spill B | ok |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for (kernel, mode, vector), rs in groups.items():
+        moved = ", ".join(f"{ld:g}+{st:g}" for ld, st in sorted(
+            {(x["load_bytes_per_element"], x["store_bytes_per_element"]) for x in rs}))
+        widths = ", ".join(f"{a}-{b}" for a, b in sorted(
+            {(x["narrowest_access"], x["widest_access"]) for x in rs}))
+        f = rs[0]
+        lines.append(f"| {kernel} | {mode}{'' if vector else ' (unaligned fallback)'} | "
+                     f"{len(rs)} | {moved} | {f['floor_load']}+{f['floor_store']}="
+                     f"{f['floor']} | {widths} | {max(x['registers'] for x in rs)} | "
+                     f"{sum(x['spill_bytes'] for x in rs)} | "
+                     f"{sum(not x['violations'] for x in rs)}/{len(rs)} |")
     return "\n".join(lines)
 
 
@@ -146,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
             for target in args.target or sorted(compile_check.TARGETS):
                 rows.append(audit(spec, target, workdir))
     print(table(rows))
+    print()
+    print(summary(rows))
     failed = [r for r in rows if r["violations"]]
     for r in failed:
         print(f"FAIL {r['target']} {r['mode']}: " + "; ".join(r["violations"]))

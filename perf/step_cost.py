@@ -78,8 +78,8 @@ class Stepper:
     new_grads: bool = False  # every step gets new gradient tensors (zero_grad(set_to_none))
 
 
-# Modes of triton_adam (add multi-tensor, clipping, master weights here as they land), then
-# torch's implementations on the same list.
+# Modes of triton_adam (one launch per tensor, multi-tensor, clipping), then torch's
+# implementations on the same list.
 STEPPERS = [
     Stepper("triton_adam Adam", lambda ps: triton_adam.Adam(parameters=ps), host_time=True),
     Stepper("triton_adam Adam amsgrad",
@@ -95,6 +95,10 @@ STEPPERS = [
             new_grads=True),
     Stepper("triton_adam AdamW multi-tensor amsgrad",
             lambda ps: triton_adam.AdamW(parameters=ps, use_multi_tensor=True, amsgrad=True),
+            host_time=True),
+    Stepper("triton_adam AdamW multi-tensor + ClipGradByGlobalNorm",
+            lambda ps: triton_adam.AdamW(parameters=ps, use_multi_tensor=True,
+                                         grad_clip=triton_adam.ClipGradByGlobalNorm(1.0)),
             host_time=True),
     Stepper("torch Adam for-loop", lambda ps: torch.optim.Adam(ps, foreach=False)),
     Stepper("torch Adam foreach", lambda ps: torch.optim.Adam(ps, foreach=True)),

@@ -30,6 +30,7 @@ from triton_adam import reference_clip as ref
 from triton_adam.clip import ClipGradBase, ClipGradByGlobalNorm, ClipGradByNorm, ClipGradByValue
 from triton_adam.kernels import adam as K
 from triton_adam.kernels import norm as N
+from host_syncs import count_host_syncs
 
 paddle.set_device("cpu")
 
@@ -561,15 +562,7 @@ def test_launch_path_makes_no_host_sync(monkeypatch):
     clip_norms = torch.tensor([1.0], dtype=torch.float64)
     norms, scales = torch.zeros(1), torch.zeros(1)
     calls = []
-    for method in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__",
-                   "nonzero"):
-        original = getattr(torch.Tensor, method)
-
-        def counting(self, *a, _original=original, _method=method, **k):
-            calls.append(_method)
-            return _original(self, *a, **k)
-
-        monkeypatch.setattr(torch.Tensor, method, counting)
+    count_host_syncs(monkeypatch, calls)
     for _ in range(2):
         N.sum_squares_tensor_list_(table, chunks, partials[1:], grad_dtype=torch.float32,
                                    aligned=True)

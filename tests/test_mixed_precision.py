@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import triton_adam
+from host_syncs import count_host_syncs
 from triton_adam.kernels import adam as K
 from triton_adam.reference import adam_step, init_state
 
@@ -159,18 +160,6 @@ def test_bf16_training_with_master_weights_tracks_fp32():
     assert abs(plain[-1] - fp32[-1]) > abs(master[-1] - fp32[-1]), (plain[-1], master[-1])
 
 
-def _count_syncs(monkeypatch, calls):
-    for method in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__",
-                   "nonzero"):
-        original = getattr(torch.Tensor, method)
-
-        def counting(self, *a, _original=original, _method=method, **k):
-            calls.append(_method)
-            return _original(self, *a, **k)
-
-        monkeypatch.setattr(torch.Tensor, method, counting)
-
-
 def _amp_run(bad_step: int | None, skip_step: int | None, monkeypatch=None, multi=True):
     """fp16 params with fp32 master weights under torch.amp.GradScaler; at ``bad_step`` an
     inf is injected into a gradient; at ``skip_step`` the optimizer step is left out."""
@@ -191,7 +180,7 @@ def _amp_run(bad_step: int | None, skip_step: int | None, monkeypatch=None, mult
         if monkeypatch is None:
             return original_step(*args, **kwargs)
         with monkeypatch.context() as m:
-            _count_syncs(m, syncs)
+            count_host_syncs(m, syncs)
             return original_step(*args, **kwargs)
 
     opt.step = counted_step

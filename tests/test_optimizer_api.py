@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import triton_adam
+from host_syncs import count_host_syncs
 
 paddle.set_device("cpu")
 
@@ -331,15 +332,7 @@ def test_step_makes_no_host_sync(monkeypatch, kwargs, multi_tensor):
     sched = triton_adam.lr.StepDecay(0.1, step_size=1)
     opt = triton_adam.Adam(sched, parameters=params, use_multi_tensor=multi_tensor, **kwargs)
     calls = []
-    for method in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__",
-                   "nonzero"):
-        original = getattr(torch.Tensor, method)
-
-        def counting(self, *a, _original=original, _method=method, **k):
-            calls.append(_method)
-            return _original(self, *a, **k)
-
-        monkeypatch.setattr(torch.Tensor, method, counting)
+    count_host_syncs(monkeypatch, calls)
     for _ in range(3):
         for p in params:
             p.grad = torch.ones_like(p)
