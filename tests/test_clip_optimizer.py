@@ -261,3 +261,26 @@ def test_clipped_step_over_291_tensors_launches_and_syncs():
         opt.step()
     assert launches.count == 3
     assert device.syncs == 0 and device.launches == 0, device.ops
+
+
+@pytest.mark.parametrize("multi_tensor", [False, True], ids=["per-tensor", "multi-tensor"])
+def test_inf_gradient_with_clipping_and_the_amp_skip_flag_corrupts_nothing(multi_tensor):
+    """An inf gradient makes the global norm inf (clip scale 0, NaN for the inf element); with
+    AMP's overflow flag set, as GradScaler sets it for such a step, nothing changes at all."""
+    init, grads = _problem(["float32"], seed=9)
+    tp = _torch_params(init)
+    opt = triton_adam.Adam(0.05, parameters=tp, use_multi_tensor=multi_tensor,
+                           grad_clip=triton_adam.ClipGradByGlobalNorm(1.0), amsgrad=True)
+    for p, x in zip(tp, grads[0]):
+        p.grad = torch.from_numpy(x.copy())
+    opt.step()
+    before = [p.detach().clone() for p in tp]
+    state = {k: v.clone() for k, v in opt.state_dict().items()}
+    bad = [x.copy() for x in grads[1]]
+    bad[0][0, 0] = np.inf
+    for p, x in zip(tp, bad):
+        p.grad = torch.from_numpy(x)
+    opt.step(found_inf=torch.ones(()))
+    assert all(torch.equal(p, b) for p, b in zip(tp, before))
+    assert all(torch.equal(v, state[k]) for k, v in opt.state_dict().items())
+    assert not any(torch.isnan(p).any() for p in tp)
