@@ -19,6 +19,10 @@ bits) and without a host sync:
 2. ``clip_scales_`` (kernel ``_clip_finalize_kernel``), once per step. One program per
    *output* (a clip group, or one tensor for ``ClipGradByNorm``) sums a list of partial ranges
    in a fixed order, takes the square root and writes the output's norm and clip scale.
+   With gradients sharded over ranks (FSDP2), the same kernel runs in two halves (constexpr
+   ``PHASE``): ``output_sums_`` writes each output's local sum of squares, the caller
+   all-reduces that ``[n_outputs]`` vector (a device collective, no host sync), and
+   ``scales_from_sums_`` takes the root and the scales from the global sums.
 
 Layout (``finalize_tables`` builds the tables on the host; like the chunk tables they change
 only when the set of tensors with a gradient changes, never with the values):
@@ -95,8 +99,16 @@ from triton_adam.kernels.adam import (
 __all__ = [
     "MODE_GLOBAL", "MODE_GLOBAL_AUTO_SKIP", "MODE_BY_NORM", "OUT_WIDTH", "FINALIZE_BLOCK",
     "NORM_CHUNK_SIZE", "accumulation_dtype_for", "sum_squares_tensor_list_", "clip_scales_",
-    "finalize_tables", "sum_squares_constexprs", "finalize_constexprs",
+    "finalize_tables", "sum_squares_constexprs", "finalize_constexprs", "output_sums_",
+    "scales_from_sums_", "PHASE_ALL", "PHASE_SUMS", "PHASE_SCALES",
 ]
+
+# What a finalize launch does (its constexpr PHASE): everything at once (one process, DDP),
+# or one of the two halves of a distributed norm, between which the caller all-reduces the
+# per-output sums of squares over the ranks (FSDP2 shards: triton_adam.distributed).
+PHASE_ALL = 0  # partials -> norms and scales (clip_scales_)
+PHASE_SUMS = 1  # partials -> each output's sum of squares, into norms (output_sums_)
+PHASE_SCALES = 2  # (all-reduced) sums of squares -> norms in place, and scales
 
 # Clip modes of an output (column OUT_MODE of the outputs table).
 MODE_GLOBAL = 0  # ClipGradByGlobalNorm: c / max(norm, c)
@@ -204,20 +216,31 @@ def _clip_finalize_kernel(
     scales_ptr,  # *ACC [n_outputs]: receives the clip scale
     ACC_DTYPE: tl.constexpr,  # accumulation dtype (the element type of partials)
     BLOCK: tl.constexpr,  # partials per inner iteration
+    PHASE: tl.constexpr = 0,  # PHASE_ALL, PHASE_SUMS or PHASE_SCALES
 ):
     o = tl.program_id(0).to(tl.int64)
     row = outputs_ptr + o * _OUT_WIDTH
-    seg_begin = tl.load(row + _OUT_SEG_BEGIN)
-    seg_end = tl.load(row + _OUT_SEG_END)
+    if PHASE == 2:
+        # The sum of squares was reduced by PHASE_SUMS (then all-reduced over the ranks):
+        # partials and segments are not read.
+        total = tl.load(norms_ptr + o)
+    else:
+        seg_begin = tl.load(row + _OUT_SEG_BEGIN)
+        seg_end = tl.load(row + _OUT_SEG_END)
+        acc = tl.zeros([BLOCK], dtype=ACC_DTYPE)
+        for s in range(seg_begin, seg_end):
+            start = tl.load(segments_ptr + 2 * s)
+            end = tl.load(segments_ptr + 2 * s + 1)
+            for i in range(start, end, BLOCK):
+                offs = i + tl.arange(0, BLOCK)
+                acc += tl.load(partials_ptr + offs, mask=offs < end, other=0.0)
+        total = tl.sum(acc, axis=0)
+    if PHASE == 1:
+        # The same reduction, in the same order, as PHASE_ALL: its sum, not yet its root.
+        tl.store(norms_ptr + o, total)
+        return
     mode = tl.load(row + _OUT_MODE)
-    acc = tl.zeros([BLOCK], dtype=ACC_DTYPE)
-    for s in range(seg_begin, seg_end):
-        start = tl.load(segments_ptr + 2 * s)
-        end = tl.load(segments_ptr + 2 * s + 1)
-        for i in range(start, end, BLOCK):
-            offs = i + tl.arange(0, BLOCK)
-            acc += tl.load(partials_ptr + offs, mask=offs < end, other=0.0)
-    norm = _sqrt_rn(tl.sum(acc, axis=0))
+    norm = _sqrt_rn(total)
     c = tl.load(clip_norms_ptr + o).to(ACC_DTYPE)
 
     # MODE_GLOBAL: c / max(norm, c), NaN-propagating like paddle.maximum (c >= NaN is false).
@@ -257,10 +280,13 @@ def sum_squares_constexprs(*, grad_dtype: torch.dtype, acc_dtype: torch.dtype,
                 BLOCKS_PER_CHUNK=chunk_size // BLOCK_SIZE)
 
 
-def finalize_constexprs(*, acc_dtype: torch.dtype) -> dict:
+def finalize_constexprs(*, acc_dtype: torch.dtype, phase: int = PHASE_ALL) -> dict:
     """The constexpr arguments of one finalize specialization (shared with the compile
-    check)."""
-    return dict(ACC_DTYPE=_TRITON_DTYPES[acc_dtype], BLOCK=FINALIZE_BLOCK)
+    check); ``phase`` is ``PHASE_ALL`` (``clip_scales_``), ``PHASE_SUMS`` (``output_sums_``)
+    or ``PHASE_SCALES`` (``scales_from_sums_``)."""
+    if phase not in (PHASE_ALL, PHASE_SUMS, PHASE_SCALES):
+        raise ValueError(f"finalize_constexprs: unknown phase {phase!r}")
+    return dict(ACC_DTYPE=_TRITON_DTYPES[acc_dtype], BLOCK=FINALIZE_BLOCK, PHASE=phase)
 
 
 def sum_squares_tensor_list_(
@@ -417,3 +443,84 @@ def finalize_tables(
     segments = torch.tensor(seg_rows, dtype=torch.int64).reshape(-1, 2)
     out = torch.tensor(out_rows, dtype=torch.int64).reshape(-1, OUT_WIDTH)
     return segments.to(device), out.to(device)
+
+
+def output_sums_(partials: torch.Tensor, segments: torch.Tensor, outputs: torch.Tensor,
+                 sums: torch.Tensor) -> None:
+    """First half of a distributed finalize: ``sums[o]`` receives output ``o``'s sum of
+    squares of ``partials``, reduced as ``clip_scales_`` reduces it (same segments, same
+    order), without the square root. One launch, no host sync.
+
+    The caller sums ``sums`` over the ranks (``triton_adam.distributed.all_reduce_sum_``) and
+    then calls ``scales_from_sums_``. Tables and ``partials`` as for ``clip_scales_``;
+    ``sums``: contiguous ``[n_outputs]`` in the accumulation dtype (``partials.dtype``).
+    """
+    where = "output_sums_"
+    acc = partials.dtype
+    _check(acc in _ACC_DTYPES and partials.dim() == 1 and partials.is_contiguous(), where,
+           lambda: f"partials must be a contiguous 1-D float32/float64 buffer, got {acc} "
+           f"{tuple(partials.shape)}")
+    _check(segments.dtype == torch.int64 and segments.dim() == 2 and segments.shape[1] == 2
+           and segments.is_contiguous(), where, lambda:
+           f"segments must be contiguous int64 [n, 2], got {segments.dtype} "
+           f"{tuple(segments.shape)}")
+    _check(outputs.dtype == torch.int64 and outputs.dim() == 2
+           and outputs.shape[1] == OUT_WIDTH and outputs.is_contiguous(), where, lambda:
+           f"outputs must be contiguous int64 [n, {OUT_WIDTH}], got {outputs.dtype} "
+           f"{tuple(outputs.shape)}")
+    n_outputs = outputs.shape[0]
+    _check(sums.dtype == acc and tuple(sums.shape) == (n_outputs,) and sums.is_contiguous(),
+           where, lambda: f"sums must be contiguous {acc} [{n_outputs}], got {sums.dtype} "
+           f"{tuple(sums.shape)}")
+    device = partials.device
+    for name, t in (("segments", segments), ("outputs", outputs), ("sums", sums)):
+        _check(t.device == device, where, lambda: f"{name} is on {t.device}, partials on {device}")
+    if n_outputs == 0:
+        return
+    # clip_norms and scales are not read in this phase: sums stands in for both.
+    _clip_finalize_kernel[(n_outputs,)](
+        partials, segments, outputs, sums, sums, sums,
+        **finalize_constexprs(acc_dtype=acc, phase=PHASE_SUMS),
+        num_warps=NUM_WARPS,
+    )
+
+
+def scales_from_sums_(sums: torch.Tensor, outputs: torch.Tensor, clip_norms: torch.Tensor,
+                      scales: torch.Tensor) -> None:
+    """Second half of a distributed finalize: from each output's sum of squares in ``sums``
+    (summed over the ranks), write its norm into ``sums`` (in place: afterwards ``sums``
+    holds the norms, as ``clip_scales_``'s ``norms``) and its clip scale into ``scales``,
+    with the same square root and modes as ``clip_scales_``. One launch, no host sync.
+
+    Args:
+        sums: contiguous float32/float64 ``[n_outputs]`` (the accumulation dtype).
+        outputs: the finalize's int64 ``[n_outputs, OUT_WIDTH]`` table (only the mode is read).
+        clip_norms: float64 ``[n_outputs]``; scales: ``[n_outputs]`` in the accumulation dtype.
+    """
+    where = "scales_from_sums_"
+    acc = sums.dtype
+    _check(outputs.dtype == torch.int64 and outputs.dim() == 2
+           and outputs.shape[1] == OUT_WIDTH and outputs.is_contiguous(), where, lambda:
+           f"outputs must be contiguous int64 [n, {OUT_WIDTH}], got {outputs.dtype} "
+           f"{tuple(outputs.shape)}")
+    n_outputs = outputs.shape[0]
+    _check(acc in _ACC_DTYPES, where, lambda: f"sums must be float32 or float64, got {acc}")
+    expected = [("sums", sums, acc), ("clip_norms", clip_norms, torch.float64),
+                ("scales", scales, acc)]
+    for name, t, dtype in expected:
+        _check(t.dtype == dtype and tuple(t.shape) == (n_outputs,) and t.is_contiguous(), where,
+               lambda: f"{name} must be contiguous {dtype} [{n_outputs}], got {t.dtype} "
+               f"{tuple(t.shape)}")
+    _check(sums.data_ptr() != scales.data_ptr() or n_outputs == 0, where,
+           lambda: "sums and scales must differ")
+    device = sums.device
+    for name, t in (("outputs", outputs), ("clip_norms", clip_norms), ("scales", scales)):
+        _check(t.device == device, where, lambda: f"{name} is on {t.device}, sums on {device}")
+    if n_outputs == 0:
+        return
+    # partials and segments are not read in this phase: sums and outputs stand in for them.
+    _clip_finalize_kernel[(n_outputs,)](
+        sums, outputs, outputs, clip_norms, sums, scales,
+        **finalize_constexprs(acc_dtype=acc, phase=PHASE_SCALES),
+        num_warps=NUM_WARPS,
+    )

@@ -63,16 +63,19 @@ def _specializations():
                           dict(grad=ty[grad], aligned=aligned,
                                blocks_per_chunk=constexprs["BLOCKS_PER_CHUNK"],
                                block=constexprs["BLOCK"])))
+    # Every phase: the one-launch finalize and the two halves of a distributed norm.
+    phases = {N.PHASE_ALL: "", N.PHASE_SUMS: " sums", N.PHASE_SCALES: " scales"}
     for acc in (torch.float32, torch.float64):
-        constexprs = N.finalize_constexprs(acc_dtype=acc)
-        signature = {"partials_ptr": f"*{ty[acc]}", "segments_ptr": "*i64",
-                     "outputs_ptr": "*i64", "clip_norms_ptr": "*fp64",
-                     "norms_ptr": f"*{ty[acc]}", "scales_ptr": f"*{ty[acc]}",
-                     **{k: "constexpr" for k in constexprs}}
-        specs.append(("_clip_finalize_kernel", N._clip_finalize_kernel,
-                      f"finalize acc:{ty[acc]}", signature, constexprs,
-                      ("partials_ptr", "segments_ptr", "outputs_ptr", "clip_norms_ptr",
-                       "norms_ptr", "scales_ptr"), dict(finalize=True)))
+        for phase, suffix in phases.items():
+            constexprs = N.finalize_constexprs(acc_dtype=acc, phase=phase)
+            signature = {"partials_ptr": f"*{ty[acc]}", "segments_ptr": "*i64",
+                         "outputs_ptr": "*i64", "clip_norms_ptr": "*fp64",
+                         "norms_ptr": f"*{ty[acc]}", "scales_ptr": f"*{ty[acc]}",
+                         **{k: "constexpr" for k in constexprs}}
+            specs.append(("_clip_finalize_kernel", N._clip_finalize_kernel,
+                          f"finalize acc:{ty[acc]}{suffix}", signature, constexprs,
+                          ("partials_ptr", "segments_ptr", "outputs_ptr", "clip_norms_ptr",
+                           "norms_ptr", "scales_ptr"), dict(finalize=True, phase=phase)))
     return specs
 
 
@@ -157,7 +160,9 @@ def _audit(spec, target_name: str, workdir: str) -> dict:
                spills=result.spill_instructions)
     if facts.get("finalize"):
         ptx = compiled.asm["ptx"]
-        row["ptx_rn"] = (all(op in ptx for op in ("sqrt.rn", "div.rn"))
+        # PHASE_SUMS stops before the root and the division: it only must not approximate.
+        needed = () if facts.get("phase") == 1 else ("sqrt.rn", "div.rn")
+        row["ptx_rn"] = (all(op in ptx for op in needed)
                          and not any(op in ptx for op in ("sqrt.approx", "div.full", "div.approx")))
         return row
     elements = [a for a in result.main if a.per_element and a.load]

@@ -18,6 +18,11 @@ the param's address and strides with what the tables were built from; a change r
 that member and re-uploads the address table (one small host-to-device copy). The chunk table
 depends only on which members are active and is rebuilt when that set changes.
 
+DTensor parameters (FSDP2 ``fully_shard``) are members like any other, through their local
+shards (``triton_adam.distributed.local_tensor``): the state, the tables and the kernels see
+only the shard this rank holds, so a sharded run updates shard-locally with the same kernels.
+Buckets without a DTensor never look for one at step time.
+
 With ``use_multi_tensor=False`` the same state is updated by one launch of the dense kernel
 per member (``adam_update_``); both kernels run the same ``_adam_math``, with the same decay
 switches per bucket, so the two paths give bitwise identical results.
@@ -34,6 +39,7 @@ import numpy as np
 import torch
 
 from triton_adam import backend
+from triton_adam import distributed as D
 from triton_adam.kernels import adam as K
 from triton_adam.kernels import lazy as L
 
@@ -56,6 +62,11 @@ class MemberConfig:
     clip_index: int = 0
     clip_value: bool = False
     lazy: bool = False  # lazy_mode: a sparse gradient updates only its rows
+    # Whether this rank adds the member's sum of squares to its norm outputs: False for the
+    # replicas of a sharded run that another rank counts (triton_adam.distributed
+    # .norm_reduction); always True in one process and under DDP. The member is still
+    # updated and scaled either way.
+    norm_owner: bool = True
 
 
 @dataclass
@@ -71,6 +82,9 @@ class StepPlan:
     sparse_seen: bool = False  # some gradient of this step was sparse (lazy or densified)
 
 
+_TENSOR = torch.Tensor  # the exact type of a plain gradient (a module constant: no lookup)
+
+
 def _pad(n: int) -> int:
     return -(-n // K.STATE_ALIGN) * K.STATE_ALIGN
 
@@ -83,9 +97,14 @@ class Bucket:
                  multi_precision: bool = False) -> None:
         if not params:
             raise ValueError("a bucket needs at least one parameter")
-        self.params = list(params)
+        self.params = list(params)  # what the user holds: .grad, .requires_grad, names
+        # What the kernels update: a DTensor param's local shard (FSDP2), else the param
+        # itself (the same object). Shapes, numels, addresses, devices and the state layout
+        # are the locals'; a DTensor's own data_ptr() is 0.
+        self.locals = [D.local_tensor(p) for p in self.params]
+        self.has_dtensors = any(t is not p for t, p in zip(self.locals, self.params))
         self.configs = list(configs)
-        self.device = self.params[0].device
+        self.device = self.locals[0].device
         self.param_dtype = self.params[0].dtype
         self.grad_dtype = grad_dtype or self.param_dtype
         self.compute_dtype = K.compute_dtype_for(self.param_dtype)
@@ -102,9 +121,10 @@ class Bucket:
         self.clip_scale = any(c.clip_index > 0 for c in self.configs)
         self.clip_value = any(c.clip_value for c in self.configs)
         self.clip_index = [c.clip_index for c in self.configs]
+        self.norm_owner = [c.norm_owner for c in self.configs]
 
         n = len(self.params)
-        self.numels = [p.numel() for p in self.params]
+        self.numels = [p.numel() for p in self.locals]
         self.offsets = []
         total = 0
         for numel in self.numels:
@@ -161,9 +181,10 @@ class Bucket:
         return self.slot if self.slots is None else self.slots[j]
 
     def state_view(self, buffer: torch.Tensor, j: int) -> torch.Tensor:
-        """Member ``j``'s region of a flat state buffer, shaped like its param."""
+        """Member ``j``'s region of a flat state buffer, shaped like its param (its local
+        shard for a DTensor param)."""
         off = self.offsets[j]
-        return buffer[off:off + self.numels[j]].view(self.params[j].shape)
+        return buffer[off:off + self.numels[j]].view(self.locals[j].shape)
 
     def beta_pow(self, j: int, which: int) -> torch.Tensor:
         """Member ``j``'s current ``beta{which+1}_pow`` as a 1-element view (shape [1])."""
@@ -171,8 +192,25 @@ class Bucket:
 
     # ------------------------------------------------------------------------- validation
     def _validate(self, j: int, g: torch.Tensor) -> torch.Tensor:
-        p = self.params[j]
+        """Check member ``j``'s gradient ``g`` (a DTensor for a DTensor param) and return what
+        the kernels read: the contiguous local gradient."""
         what = self.configs[j].what
+        # A plain gradient is exactly a torch.Tensor: the type test spares plain buckets the
+        # DTensor lookup (their validation costs what it did before DTensors were supported).
+        if self.has_dtensors or (type(g) is not _TENSOR and D.is_dtensor(g)):
+            # The local grad must line up element for element with the local param: same
+            # mesh and placements, no Partial (unreduced) gradient. (A DTensor gradient of a
+            # plain param is rejected here too.)
+            D.check_grad_placement(self.params[j], g, what)
+            g = D.local_tensor(g)
+            p = self.locals[j]
+            # FSDP may give a param a new local shard (reset / load): it must keep its size,
+            # the state layout was built for it.
+            if p.numel() != self.numels[j]:
+                raise ValueError(f"{what}: its local shard changed size since the optimizer "
+                                 f"first saw it ({self.numels[j]} elements, now {p.numel()})")
+        else:
+            p = self.params[j]
         if g.layout != torch.strided:
             raise TypeError(f"{what}: a {g.layout} gradient; sparse gradients must be sparse "
                             "COO tensors (as Embedding(sparse=True) makes)")
@@ -212,10 +250,23 @@ class Bucket:
         again: those five cheap reads are all a step costs per tensor on the host. Anything
         else (a new gradient object, even at a recycled address; a param whose storage was
         replaced) is validated and marked changed, so its table row is rebuilt.
+
+        DTensor members (FSDP2) are checked the same way on their local shards (the grad's
+        and the param's ``_local_tensor``); a DTensor gradient's layout (mesh, placements) is
+        validated against its param's whenever the member is validated.
         """
         out: list[torch.Tensor | None] = list(grads)
+        dgrads: list[torch.Tensor | None] | None = None
+        if self.has_dtensors:
+            # Sharded members (FSDP2): the kernels see the local shards. The DTensor grads are
+            # kept to validate their layout when a member changed; the locals are re-read
+            # since FSDP may swap a param's shard (reset_sharded_param, load_state_dict).
+            # Plain buckets skip this: their per-tensor work is unchanged.
+            dgrads = out
+            out = [None if g is None else D.local_tensor(g) for g in dgrads]
+            self.locals = [D.local_tensor(p) for p in self.params]
         refs, gptrs, pptrs, params = (self._built_grads, self._built_gptr, self._built_pptr,
-                                      self.params)
+                                      self.locals)
         changed = []
         sparse: list[tuple[int, torch.Tensor]] = []
         sparse_seen = False
@@ -241,7 +292,7 @@ class Bucket:
             if (ref is None or ref() is not g or g.data_ptr() != gptrs[j]
                     or p.data_ptr() != pptrs[j] or not g.is_contiguous()
                     or not p.is_contiguous()):
-                out[j] = self._validate(j, g)
+                out[j] = self._validate(j, g if dgrads is None else dgrads[j])
                 changed.append(j)
         active = tuple(g is not None for g in out)
         created = ([j for j, a in enumerate(active) if a and not self.created[j]]
@@ -252,6 +303,10 @@ class Bucket:
     def _validate_sparse(self, j: int, g: torch.Tensor) -> torch.Tensor:
         p = self.params[j]
         what = self.configs[j].what
+        if self.has_dtensors and D.is_dtensor(p):
+            raise NotImplementedError(f"{what} is a DTensor (sharded) parameter with a sparse "
+                                      "gradient: sparse gradients of DTensor parameters are not "
+                                      "supported")
         if g.shape != p.shape or g.device != p.device:
             raise ValueError(f"{what}: sparse gradient {tuple(g.shape)} on {g.device} does "
                              f"not match the parameter {tuple(p.shape)} on {p.device}")
@@ -279,7 +334,7 @@ class Bucket:
         master weights are the param cast to float32 (Paddle's ``cast(param, float32)``)."""
         for j in members:
             if self.master is not None:
-                self.state_view(self.master, j).copy_(self.params[j])
+                self.state_view(self.master, j).copy_(self.locals[j])
             for col, t in self.configs[j].tensor_hypers.items():
                 if col in (K.HYPER_BETA1, K.HYPER_BETA2):
                     which = col - K.HYPER_BETA1
@@ -328,7 +383,7 @@ class Bucket:
             s = self.slots[j]
             c = self.clip_index[j]
             K.adam_update_(
-                self.params[j], g, self.state_view(self.moment1, j),
+                self.locals[j], g, self.state_view(self.moment1, j),
                 self.state_view(self.moment2, j),
                 None if self.moment2_max is None else self.state_view(self.moment2_max, j),
                 self.hyper[j], self.pows[s, j], self.pows[1 - s, j], lr=lr,
@@ -347,7 +402,7 @@ class Bucket:
     def _launch_sparse(self, j: int, g: torch.Tensor, s: int, lr: float) -> bool:
         """The row kernel for member ``j``: reads pows slot ``s``, writes the other."""
         return L.sparse_adam_update_(
-            self.params[j], g, self.state_view(self.moment1, j), self.state_view(self.moment2, j),
+            self.locals[j], g, self.state_view(self.moment1, j), self.state_view(self.moment2, j),
             None if self.moment2_max is None else self.state_view(self.moment2_max, j),
             self.hyper[j], self.pows[s, j], self.pows[1 - s, j], lr=lr,
             coupled_decay=self.coupled_decay, decoupled_decay=self.decoupled_decay,
@@ -356,7 +411,7 @@ class Bucket:
     def _remember(self, j: int, g: torch.Tensor) -> None:
         self._built_grads[j] = weakref.ref(g)
         self._built_gptr[j] = g.data_ptr()
-        self._built_pptr[j] = self.params[j].data_ptr()
+        self._built_pptr[j] = self.locals[j].data_ptr()
 
     def sync_tables(self, plan: StepPlan) -> tuple[torch.Tensor, torch.Tensor]:
         """The launch tables for ``plan``, rebuilt only where something changed."""
@@ -368,7 +423,7 @@ class Bucket:
         stale = self._device_table is None or bool(plan.changed)
         for j in plan.changed:
             g = plan.grads[j]
-            table[j, K.COL_PARAM_ADDR] = self.params[j].data_ptr()
+            table[j, K.COL_PARAM_ADDR] = self.locals[j].data_ptr()
             table[j, K.COL_GRAD_ADDR] = g.data_ptr()
             self._remember(j, g)
         if plan.active != self._chunk_key:
@@ -413,8 +468,11 @@ class Bucket:
 
     def norm_chunks(self, active: Sequence[bool]) -> tuple[np.ndarray, dict[int, tuple[int, int]]]:
         """The norm pass's chunk rows for the active members that clip by a norm, grouped by
-        clip index, and each clip index's ``(start, end)`` range of those rows."""
-        members = [j for j in range(len(self.params)) if active[j] and self.clip_index[j] > 0]
+        clip index, and each clip index's ``(start, end)`` range of those rows. Members this
+        rank does not own (``MemberConfig.norm_owner``: a replica another rank counts) get
+        no rows; they are still scaled by their output's scale."""
+        members = [j for j in range(len(self.params)) if active[j] and self.clip_index[j] > 0
+                   and self.norm_owner[j]]
         members.sort(key=lambda j: self.clip_index[j])  # stable: parameter order within one
         flags = np.zeros(len(self.params), dtype=bool)
         rows = []
@@ -462,8 +520,9 @@ def grad_dtype_of(param: torch.Tensor) -> torch.dtype:
 
 
 def bucket_key(param: torch.Tensor) -> tuple[torch.device, torch.dtype, torch.dtype]:
-    """What must be equal for two params to share a launch."""
-    return (param.device, param.dtype, grad_dtype_of(param))
+    """What must be equal for two params to share a launch (the device of a DTensor param is
+    its local shard's)."""
+    return (D.local_tensor(param).device, param.dtype, grad_dtype_of(param))
 
 
 def group_into_buckets(params: Sequence[torch.Tensor],

@@ -16,6 +16,15 @@ entry ``o + 1`` output ``o``'s scale. Nothing returns to the host. The chunk and
 tables depend only on which tensors have a gradient, so they are rebuilt when that changes.
 ``param.grad`` is never modified (Paddle multiplies it in place): the update kernels apply
 the scale as they read each gradient.
+
+Sharded parameters (FSDP2 DTensors; ``triton_adam.distributed.norm_reduction``): the passes
+read this rank's local gradient shards, only of the members this rank owns, and the finalize
+is split in two launches around one all-reduce of the ``[n_outputs]`` per-output sums of
+squares over the optimizer's group (a device collective: no host sync). The summed vector is
+the same on every rank, so every rank takes the same scales. Every rank of the group must
+run a clipped step whenever one does (true when all ranks get gradients for the same
+parameters, as under FSDP and DDP): a rank that skips it leaves the others waiting in the
+all-reduce.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from collections.abc import Sequence
 
 import torch
 
+from triton_adam import distributed as D
 from triton_adam.buckets import Bucket, StepPlan, _upload
 from triton_adam.kernels import adam as K
 from triton_adam.kernels import norm as N
@@ -32,7 +42,10 @@ from triton_adam.kernels import norm as N
 class DeviceClipper:
     """The norm-clip outputs of one optimizer and the device work of a clipped step."""
 
-    def __init__(self) -> None:
+    def __init__(self, group: object = None) -> None:
+        """``group``: the process group whose ranks' sums of squares add up to each norm
+        (a ``torch.distributed.ProcessGroup``), or None for local norms (one process, DDP)."""
+        self._group = group
         self.outputs: list[tuple[int, float]] = []  # (norm.MODE_*, clip_norm) per output
         self._key: tuple | None = None
         self._passes: list[tuple[Bucket, torch.Tensor, slice]] = []
@@ -96,7 +109,16 @@ class DeviceClipper:
             self._partials.mul_(grad_scale.reshape(()).to(self._partials.device,
                                                           self._partials.dtype).reciprocal().square())
         segments, outputs, clip_norms, norms = self._tables
-        N.clip_scales_(self._partials, segments, outputs, clip_norms, norms, self._scales[1:])
+        if self._group is None:
+            N.clip_scales_(self._partials, segments, outputs, clip_norms, norms,
+                           self._scales[1:])
+        else:
+            # norms first receives this rank's sums of squares (owned members only), then
+            # their sum over the ranks, from which the second half writes the global norms
+            # (in place) and the scales. The unscaling above is linear, so it commutes.
+            N.output_sums_(self._partials, segments, outputs, norms)
+            D.all_reduce_sum_(norms, self._group)
+            N.scales_from_sums_(norms, outputs, clip_norms, self._scales[1:])
         return self._scales
 
     def norms(self) -> torch.Tensor | None:

@@ -25,6 +25,7 @@ from triton_adam.kernels import norm as _norm_kernels
 from triton_adam.param_attr import (param_lr_scale, param_name, param_need_clip,
                                     param_regularizer)
 from triton_adam.param_groups import parse_parameters
+from triton_adam import distributed as _dist
 from triton_adam import state as _state
 from triton_adam.regularizer import L1Decay, L2Decay, WeightDecayRegularizer
 
@@ -111,7 +112,8 @@ class _AdamBase:
             if p.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
                 raise TypeError(f"parameters[{i}] has dtype {p.dtype}; Adam updates float32, "
                                 "float64, float16 and bfloat16 parameters")
-            if not p.is_contiguous():
+            # A DTensor (FSDP2) parameter is updated through its local shard.
+            if not _dist.local_tensor(p).is_contiguous():
                 raise ValueError(f"parameters[{i}] is not contiguous: the kernels update a "
                                  "parameter in place over its storage")
 
@@ -126,7 +128,12 @@ class _AdamBase:
         self._amsgrad = bool(amsgrad)
         self._name = name
         self._grad_clip = grad_clip
-        self._clipper = DeviceClipper()
+        # Norms over sharded (DTensor) parameters: the process group their sums of squares
+        # are all-reduced over and which parameters this rank adds (replicas once). Decided
+        # from all the parameters, so that it never depends on which have a gradient; no
+        # group (the local norm, as before) when none is sharded: one process, DDP.
+        self._norm_rule = _dist.norm_reduction(self._parameter_list)
+        self._clipper = DeviceClipper(group=self._norm_rule.group)
         self._clip_entry_of_group: dict[int, int] = {}  # group -> its global-norm output
         self._index_of = {id(p): i for i, p in enumerate(self._parameter_list)}
         # Buckets are built at the first step (so attributes set after construction count),
@@ -207,7 +214,7 @@ class _AdamBase:
                                   (_adam_kernels.HYPER_EPS, "epsilon", self._epsilon)):
             value = self._option(index, key, default)
             if isinstance(value, torch.Tensor):
-                if value.device != param.device:
+                if value.device != _dist.local_tensor(param).device:
                     raise ValueError(f"{key} is a tensor on {value.device} but {what} is on "
                                      f"{param.device}: keep tensor hyper-parameters on the "
                                      "parameters' device (a cross-device copy would sync)")
@@ -241,7 +248,8 @@ class _AdamBase:
         lazy = bool(self._option(index, "lazy_mode", self._lazy_mode) if self._group_mode
                     else self._lazy_mode)
         return MemberConfig(hyper=row, tensor_hypers=tensors, what=what,
-                            clip_index=clip_index, clip_value=clip_value, lazy=lazy)
+                            clip_index=clip_index, clip_value=clip_value, lazy=lazy,
+                            norm_owner=self._norm_rule.owners[index])
 
     # ------------------------------------------------------------------------------- state
     def _build_buckets(self, indices: list[int]) -> None:
@@ -447,25 +455,35 @@ class _AdamBase:
 
 
 class Adam(_AdamBase):
-    """Adam (Kingma & Ba) as ``paddle.optimizer.Adam``: one fused Triton kernel per parameter.
+    """Adam (Kingma & Ba) as ``paddle.optimizer.Adam``, on fused Triton kernels.
 
     Args:
         learning_rate: a float, or an ``LRScheduler`` whose current value each step uses.
         beta1, beta2: exponential decay rates of the moments, in [0, 1), floats or
-            1-element tensors (read at every step, on the device).
+            1-element tensors on the parameters' device (read at every step, on the device).
         epsilon: added to the denominator for stability, >= 0.
-        parameters: the tensors to optimize (float32 or float64, contiguous).
+        parameters: tensors, ``(name, tensor)`` pairs (``named_parameters()``), or parameter
+            groups (dicts with ``params`` and ``learning_rate`` (a scale), ``weight_decay``,
+            ``grad_clip``, ``beta1``, ``beta2``, ``epsilon``, ``lazy_mode``). float32,
+            float64, float16 and bfloat16 parameters, contiguous; DTensor (FSDP2) shards too.
         weight_decay: a float/int (``L2Decay(coeff)``), an ``L1Decay``/``L2Decay``, or None.
-            The decay term is added to the gradient inside the kernel; ``param.grad`` itself
-            is not modified.
-        grad_clip: gradient clipping (not implemented yet: raises NotImplementedError).
-        lazy_mode: sparse-row updates for sparse gradients. With dense gradients it has no
-            effect, as in Paddle; sparse gradients are not supported yet.
-        multi_precision: fp32 master weights for float16/bfloat16 parameters; no effect for
-            float32/float64 parameters (low-precision parameters are not supported yet).
-        use_multi_tensor: one launch per bucket of parameters (not implemented yet).
+            A parameter's own regularizer (``set_param_attr``) wins in a flat list; a group's
+            ``weight_decay`` wins in group mode. The term is added to the gradient inside the
+            kernel; ``param.grad`` itself is not modified.
+        grad_clip: ``ClipGradByGlobalNorm`` (one norm per group), ``ClipGradByNorm`` or
+            ``ClipGradByValue``, computed on the device and applied as the update reads each
+            gradient (``param.grad`` is not modified); ``need_clip=False`` params are left out.
+        lazy_mode: with a sparse COO gradient, update only its rows; with dense gradients it
+            has no effect, as in Paddle.
+        multi_precision: fp32 master weights for float16/bfloat16 parameters (without them,
+            such parameters are computed in fp32 and rounded every step, with a warning).
+        use_multi_tensor: one kernel launch per (device, dtype) bucket instead of one per
+            parameter, with the same results bit for bit.
         name: inserted in the state_dict keys (``{param}_{name}_moment1_0``).
         amsgrad: keep ``moment2_max`` and use it in the denominator.
+
+    ``step(grad_scale=None, found_inf=None)`` also takes AMP's device loss scale and overflow
+    flag (``torch.amp.GradScaler`` passes them itself).
     """
 
     def __init__(self, learning_rate: float | LRScheduler = 0.001,
@@ -513,13 +531,17 @@ class AdamW(_AdamBase):
     float32 attribute, so it is rounded to float32 here too (also for float64 parameters).
 
     Args:
-        weight_decay: the decay coefficient, a float or int (default 0.01).
+        weight_decay: the decay coefficient, a float or int (default 0.01); in group mode a
+            group's ``weight_decay`` is its coefficient. A parameter's own regularizer
+            (``set_param_attr(regularizer=...)``) is still added to its gradient.
         lr_ratio: ``lr_ratio(param) -> float`` scales the learning rate per parameter
             (Paddle implements it on GPUs only; here it works on every device). It is called
             once per parameter, at its first step, and the ratio kept on the device; Paddle
             calls it at every step, which only differs for a ratio that changes over time.
         apply_decay_param_fun: ``f(param_name) -> bool``; parameters for which it returns
-            False are not decayed. Names are ``param.name`` or ``param_{index}``.
+            False are not decayed. Names: ``set_param_attr(name=...)``, else the
+            ``named_parameters()`` name, else ``param_{index}``.
+        use_multi_tensor: as in ``Adam`` (an extension: Paddle's AdamW has no such argument).
         The other arguments are as in ``Adam``.
     """
 

@@ -52,14 +52,20 @@ found at load time instead of at a later step, and never half-loaded:
 * loading before the first step creates the state at once: the optimizer's buckets are built
   at load time (as the first step would build them), so ``state_dict()`` returns the loaded
   values, as Paddle returns its held dict. Per-parameter attributes (``set_param_attr``,
-  ``lr_ratio``, ``apply_decay_param_fun``) are read then, not at the first step; and a
-  bf16/fp16 parameter is assumed to get gradients of its ``grad_dtype`` (default: its own
-  dtype), since no gradient exists yet to tell.
+  ``lr_ratio``, ``apply_decay_param_fun``) are read then, not at the first step; a
+  bf16/fp16 parameter's gradient dtype (its own or fp32) is fixed by its first gradient.
 
 ``state_dict()`` returns the moments and master weights as views of the live state (no copy
 of model-sized buffers; Paddle too returns its live accumulators) and the pows as copies
 taken by the call (they alternate between two slots, so a view would later show another
 step's value): save the dict before the next step.
+
+Sharded runs (FSDP2 DTensor parameters): the keys are the same; each rank's moments and
+master weights are its local shard's (shaped like ``param._local_tensor``), the pows are the
+same on every rank. ``triton_adam.distributed`` gathers a full state from the shards
+(``gather_full_state``), slices a full state into a rank's part (``shard_full_state``, what
+``set_state_dict`` of that rank takes) and wraps the shards for
+``torch.distributed.checkpoint`` (``state_as_dtensors``).
 """
 
 from __future__ import annotations
@@ -73,6 +79,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from triton_adam import distributed as _dist
 from triton_adam.kernels import adam as K
 from triton_adam.lr import LambdaDecay, LRScheduler
 
@@ -319,11 +326,18 @@ def _plan(opt: _AdamBase, state: dict) -> tuple[list[_Load], object]:
                    if any(k.endswith(f"_{MOMENT2_MAX}_0") for k in missing) else ""))
         compute = (where[0].compute_dtype if where is not None
                    else K.compute_dtype_for(param.dtype))
-        shape = tuple(param.shape)
+        # A DTensor (FSDP2) parameter's state is its local shard's: each rank loads its part
+        # (triton_adam.distributed.shard_full_state slices a full state).
+        local = _dist.local_tensor(param)
+        shape = tuple(local.shape)
+        shard = ("" if local is param else ", whose state here is this rank's shard: load "
+                 "triton_adam.distributed.shard_full_state(full_state, params) into a "
+                 "sharded run")
         values = {}
         for acc, key in found.items():
             expected = (1,) if acc in _POWS else shape
-            values[acc] = _check(key, state[key], expected, compute, f"{acc} of {what}")
+            values[acc] = _check(key, state[key], expected, compute,
+                                 f"{acc} of {what}{'' if acc in _POWS else shard}")
             used.add(key)
         master_value = None
         if master:
