@@ -354,6 +354,25 @@ def sum_squares_tensor_list_(
     )
 
 
+def _check_reduction_tables(where: str, partials: torch.Tensor, segments: torch.Tensor,
+                            outputs: torch.Tensor) -> int:
+    """The checks every finalize launcher makes on its partials and tables; returns the
+    number of outputs."""
+    acc = partials.dtype
+    _check(acc in _ACC_DTYPES and partials.dim() == 1 and partials.is_contiguous(), where,
+           lambda: f"partials must be a contiguous 1-D float32/float64 buffer, got {acc} "
+           f"{tuple(partials.shape)}")
+    _check(segments.dtype == torch.int64 and segments.dim() == 2 and segments.shape[1] == 2
+           and segments.is_contiguous(), where, lambda:
+           f"segments must be contiguous int64 [n, 2], got {segments.dtype} "
+           f"{tuple(segments.shape)}")
+    _check(outputs.dtype == torch.int64 and outputs.dim() == 2
+           and outputs.shape[1] == OUT_WIDTH and outputs.is_contiguous(), where, lambda:
+           f"outputs must be contiguous int64 [n, {OUT_WIDTH}], got {outputs.dtype} "
+           f"{tuple(outputs.shape)}")
+    return outputs.shape[0]
+
+
 def clip_scales_(
     partials: torch.Tensor,
     segments: torch.Tensor,
@@ -382,18 +401,7 @@ def clip_scales_(
     """
     where = "clip_scales_"
     acc = partials.dtype
-    _check(acc in _ACC_DTYPES and partials.dim() == 1 and partials.is_contiguous(), where,
-           lambda: f"partials must be a contiguous 1-D float32/float64 buffer, got {acc} "
-           f"{tuple(partials.shape)}")
-    _check(segments.dtype == torch.int64 and segments.dim() == 2 and segments.shape[1] == 2
-           and segments.is_contiguous(), where, lambda:
-           f"segments must be contiguous int64 [n, 2], got {segments.dtype} "
-           f"{tuple(segments.shape)}")
-    _check(outputs.dtype == torch.int64 and outputs.dim() == 2
-           and outputs.shape[1] == OUT_WIDTH and outputs.is_contiguous(), where, lambda:
-           f"outputs must be contiguous int64 [n, {OUT_WIDTH}], got {outputs.dtype} "
-           f"{tuple(outputs.shape)}")
-    n_outputs = outputs.shape[0]
+    n_outputs = _check_reduction_tables(where, partials, segments, outputs)
     expected = [("clip_norms", clip_norms, torch.float64), ("norms", norms, acc),
                 ("scales", scales, acc)]
     for name, t, dtype in expected:
@@ -457,18 +465,7 @@ def output_sums_(partials: torch.Tensor, segments: torch.Tensor, outputs: torch.
     """
     where = "output_sums_"
     acc = partials.dtype
-    _check(acc in _ACC_DTYPES and partials.dim() == 1 and partials.is_contiguous(), where,
-           lambda: f"partials must be a contiguous 1-D float32/float64 buffer, got {acc} "
-           f"{tuple(partials.shape)}")
-    _check(segments.dtype == torch.int64 and segments.dim() == 2 and segments.shape[1] == 2
-           and segments.is_contiguous(), where, lambda:
-           f"segments must be contiguous int64 [n, 2], got {segments.dtype} "
-           f"{tuple(segments.shape)}")
-    _check(outputs.dtype == torch.int64 and outputs.dim() == 2
-           and outputs.shape[1] == OUT_WIDTH and outputs.is_contiguous(), where, lambda:
-           f"outputs must be contiguous int64 [n, {OUT_WIDTH}], got {outputs.dtype} "
-           f"{tuple(outputs.shape)}")
-    n_outputs = outputs.shape[0]
+    n_outputs = _check_reduction_tables(where, partials, segments, outputs)
     _check(sums.dtype == acc and tuple(sums.shape) == (n_outputs,) and sums.is_contiguous(),
            where, lambda: f"sums must be contiguous {acc} [{n_outputs}], got {sums.dtype} "
            f"{tuple(sums.shape)}")
