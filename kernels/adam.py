@@ -45,6 +45,9 @@ import triton.language as tl
 # LDG/STG and ~48 registers on sm_80/sm_90 (see ../shared/performance-method.md).
 BLOCK_SIZE = 1024
 NUM_WARPS = 4
+# FMA contraction on (a*b+c in one rounding), as nvcc's default (-fmad=true) with which Paddle's
+# CUDA kernels are built. Pinned at every launch: Triton 3.10 changes the default to off.
+FP_FUSION = True
 
 # Columns of the per-tensor hyper-parameter row (the ``hyper`` argument), in the compute dtype.
 HYPER_LR_SCALE = 0  # multiplies the step's learning rate (param attr lr, AdamW lr_ratio)
@@ -600,6 +603,7 @@ def adam_update_(
                             master=master is not None, unscale=grad_scale is not None,
                             skip_on_inf=found_inf is not None),
         num_warps=NUM_WARPS,
+        enable_fp_fusion=FP_FUSION,
     )
 
 
@@ -720,6 +724,7 @@ def adam_update_tensor_list_(
                                  master=master is not None, unscale=grad_scale is not None,
                                  skip_on_inf=found_inf is not None),
         num_warps=NUM_WARPS,
+        enable_fp_fusion=FP_FUSION,
     )
 
 

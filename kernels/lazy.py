@@ -73,6 +73,7 @@ import triton
 import triton.language as tl
 
 from .adam import (
+    FP_FUSION,
     HYPER_BETA1,
     HYPER_BETA2,
     HYPER_WIDTH,
@@ -330,6 +331,7 @@ def sparse_adam_update_(
                                  coupled_decay=coupled_decay, decoupled_decay=decoupled_decay,
                                  master=master is not None),
         num_warps=num_warps,
+        enable_fp_fusion=FP_FUSION,
         **_register_budget(param.device),
     )
     return True

@@ -88,6 +88,7 @@ import triton
 import triton.language as tl
 
 from triton_adam.kernels.adam import (
+    FP_FUSION,
     BLOCK_SIZE,
     CHUNK_SIZE,
     COL_GRAD_ADDR,
@@ -351,6 +352,7 @@ def sum_squares_tensor_list_(
         **sum_squares_constexprs(grad_dtype=grad_dtype, acc_dtype=partials.dtype,
                                  aligned=aligned, chunk_size=chunk_size),
         num_warps=NUM_WARPS,
+        enable_fp_fusion=FP_FUSION,
     )
 
 
@@ -419,6 +421,7 @@ def clip_scales_(
         partials, segments, outputs, clip_norms, norms, scales,
         **finalize_constexprs(acc_dtype=acc),
         num_warps=NUM_WARPS,
+        enable_fp_fusion=FP_FUSION,
     )
 
 
@@ -479,6 +482,7 @@ def output_sums_(partials: torch.Tensor, segments: torch.Tensor, outputs: torch.
         partials, segments, outputs, sums, sums, sums,
         **finalize_constexprs(acc_dtype=acc, phase=PHASE_SUMS),
         num_warps=NUM_WARPS,
+        enable_fp_fusion=FP_FUSION,
     )
 
 
@@ -520,4 +524,5 @@ def scales_from_sums_(sums: torch.Tensor, outputs: torch.Tensor, clip_norms: tor
         sums, outputs, outputs, clip_norms, sums, scales,
         **finalize_constexprs(acc_dtype=acc, phase=PHASE_SCALES),
         num_warps=NUM_WARPS,
+        enable_fp_fusion=FP_FUSION,
     )

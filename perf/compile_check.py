@@ -207,7 +207,8 @@ def specializations() -> list[Specialization]:
 def compile_specialization(spec: Specialization, target: GPUTarget):
     """Compile one specialization for one target; returns triton's CompiledKernel."""
     return triton.compile(spec.source(), target=target,
-                          options={"num_warps": spec.num_warps})
+                          options={"num_warps": spec.num_warps,
+                                   "enable_fp_fusion": adam.FP_FUSION})
 
 
 def main(argv: list[str] | None = None) -> int:

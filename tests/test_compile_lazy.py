@@ -178,7 +178,8 @@ def analyse(spec, info: dict, target: str, workdir: str) -> dict:
     # As the launcher compiles it: compile_check's options plus the register budget.
     compiled = triton.compile(spec.source(), target=compile_check.TARGETS[target],
                               options={"num_warps": spec.num_warps,
-                                       "maxnreg": lazy.MAX_REGISTERS})
+                                       "maxnreg": lazy.MAX_REGISTERS,
+                                       "enable_fp_fusion": lazy.FP_FUSION})
     cubin = os.path.join(workdir, f"{target}.cubin")
     with open(cubin, "wb") as f:
         f.write(compiled.asm["cubin"])

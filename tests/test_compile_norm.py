@@ -114,7 +114,7 @@ def _audit(spec, target_name: str, workdir: str) -> dict:
     sys.path.insert(0, str(ROOT / "perf"))
     from sass import audit_cubin, resource_usage, run_tool  # noqa: E402 (perf/ is not a package)
 
-    from triton_adam.kernels.adam import NUM_WARPS
+    from triton_adam.kernels.adam import FP_FUSION, NUM_WARPS
 
     function, kernel, mode, signature, constexprs, pointers, facts = spec
     names = kernel.arg_names
@@ -124,7 +124,8 @@ def _audit(spec, target_name: str, workdir: str) -> dict:
     try:
         compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs,
                                             attrs=attrs),
-                                  target=target, options={"num_warps": NUM_WARPS})
+                                  target=target, options={"num_warps": NUM_WARPS,
+                                                           "enable_fp_fusion": FP_FUSION})
     except Exception as exc:  # reported, then failed by the test
         row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
         return row
