@@ -4,12 +4,17 @@ import os
 import subprocess
 import sys
 
+import pytest
 
-def test_demo_runs_and_matches_reference_and_paddle():
+
+@pytest.mark.parametrize("extra", [[], ["--multi-tensor", "--optimizer", "adamw"]],
+                         ids=["default", "multi-tensor-adamw"])
+def test_demo_runs_and_matches_reference_and_paddle(extra):
     # Launched without TRITON_INTERPRET: the demo must set the interpreter up itself.
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     result = subprocess.run([sys.executable, "-m", "triton_adam", "--steps", "20", "--dtype",
-                             "float64"], env=env, capture_output=True, text=True, timeout=600)
+                             "float64", *extra], env=env, capture_output=True, text=True,
+                            timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line.split() for line in result.stdout.splitlines()
             if line.startswith(("triton_adam", "reference", "paddle"))]

@@ -65,8 +65,10 @@ def _triton_runner(args, init, device) -> _Runner:
     dtype = getattr(torch, args.dtype)
     params = [t.detach().to(device=device, dtype=dtype, copy=True).requires_grad_() for t in init]
     opt = (AdamW(args.lr, parameters=params, weight_decay=args.weight_decay,
-                 amsgrad=args.amsgrad) if args.optimizer == "adamw"
-           else Adam(args.lr, parameters=params, amsgrad=args.amsgrad))
+                 amsgrad=args.amsgrad, use_multi_tensor=args.multi_tensor)
+           if args.optimizer == "adamw"
+           else Adam(args.lr, parameters=params, amsgrad=args.amsgrad,
+                     use_multi_tensor=args.multi_tensor))
 
     def apply(grads):
         for p, g in zip(params, grads):
@@ -168,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weight-decay", type=float, default=0.01,
                         help="AdamW's decay coefficient (default 0.01)")
     parser.add_argument("--amsgrad", action="store_true")
+    parser.add_argument("--multi-tensor", action="store_true",
+                        help="one kernel launch per step for all parameters (use_multi_tensor)")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="auto: CUDA when available, else the CPU under the interpreter")
