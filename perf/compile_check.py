@@ -178,9 +178,12 @@ def tensor_list_specializations() -> list[Specialization]:
 
 
 def norm_specializations() -> list[Specialization]:
-    """The global-norm pass as the optimizer launches it: one block per chunk-table row (the
-    loop-free specialization), aligned, for every gradient dtype. Its floor is one read of
-    the gradient (``perf/floors.py``, "norm <dtype>")."""
+    """The global-norm pass, one block per chunk-table row (the loop-free specialization the
+    SASS analysis can read), aligned, for every gradient dtype. Its floor is one read of the
+    gradient (``perf/floors.py``, "norm <dtype>"). The optimizer launches chunks of
+    ``NORM_CHUNK_SIZE`` (16 blocks: 16x fewer partials for the finalize), whose loop body is
+    the same code; ``tests/test_compile_norm.py`` checks that variant's loop (each element
+    loaded once, 16-byte, unpredicated)."""
     from triton_adam.kernels import norm
 
     specs = []

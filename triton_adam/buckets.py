@@ -466,35 +466,37 @@ class Bucket:
         """Every address of the current table is 16-byte aligned (valid after sync_tables)."""
         return self._aligned
 
-    def norm_chunks(self, active: Sequence[bool]) -> tuple[np.ndarray, dict[int, tuple[int, int]]]:
-        """The norm pass's chunk rows for the active members that clip by a norm, grouped by
-        clip index, and each clip index's ``(start, end)`` range of those rows. Members this
-        rank does not own (``MemberConfig.norm_owner``: a replica another rank counts) get
-        no rows; they are still scaled by their output's scale."""
+    def norm_chunks(self, active: Sequence[bool], chunk_size: int
+                    ) -> tuple[np.ndarray, dict[int, tuple[int, int]]]:
+        """The norm pass's chunk rows (chunks of ``chunk_size`` elements) for the active
+        members that clip by a norm, grouped by clip index, and each clip index's
+        ``(start, end)`` range of those rows. Members this rank does not own
+        (``MemberConfig.norm_owner``: a replica another rank counts) get no rows; they are
+        still scaled by their output's scale."""
         members = [j for j in range(len(self.params)) if active[j] and self.clip_index[j] > 0
                    and self.norm_owner[j]]
         members.sort(key=lambda j: self.clip_index[j])  # stable: parameter order within one
-        flags = np.zeros(len(self.params), dtype=bool)
-        rows = []
+        table = _chunk_rows(self.numels, members, chunk_size)
+        ends = np.cumsum(-(-np.asarray(self.numels, dtype=np.int64)[members] // chunk_size))
         ranges: dict[int, tuple[int, int]] = {}
         start = 0
-        for j in members:
-            flags[:] = False
-            flags[j] = True
-            part = _chunk_rows(self.numels, flags)
-            rows.append(part)
+        for j, end in zip(members, ends.tolist()):
             c = self.clip_index[j]
-            first = ranges.get(c, (start, start))[0]
-            start += len(part)
-            ranges[c] = (first, start)
-        table = np.concatenate(rows) if rows else np.zeros((0, 2), dtype=np.int32)
-        return table.astype(np.int32), ranges
+            ranges[c] = (ranges.get(c, (start, start))[0], end)
+            start = end
+        return table, ranges
 
 
-def _chunk_rows(numels: Sequence[int], active: Sequence[bool]) -> np.ndarray:
-    """int32 ``[n_chunks, 2]``: (member, chunk index) for every chunk of the active members."""
-    members = np.flatnonzero(np.asarray(active, dtype=bool))
-    counts = -(-np.asarray(numels, dtype=np.int64)[members] // K.CHUNK_SIZE)
+def _chunk_rows(numels: Sequence[int], members: Sequence[bool] | Sequence[int],
+                chunk_size: int = K.CHUNK_SIZE) -> np.ndarray:
+    """int32 ``[n_chunks, 2]``: (member, chunk index) for every chunk of ``chunk_size``
+    elements of the given members (a boolean mask over all members, or their indices, in the
+    order the rows should follow)."""
+    members = np.asarray(members)
+    if members.dtype == bool:
+        members = np.flatnonzero(members)
+    members = members.astype(np.int64)
+    counts = -(-np.asarray(numels, dtype=np.int64)[members] // chunk_size)
     rows = np.repeat(members, counts)
     firsts = np.repeat(np.cumsum(counts) - counts, counts)
     chunk = np.arange(rows.size, dtype=np.int64) - firsts

@@ -5,9 +5,11 @@ an *output* of ``triton_adam.kernels.norm``: a norm over some gradients and the 
 multiplies them. ``DeviceClipper`` owns the outputs of an optimizer and, per step,
 
 1. one sum-of-squares pass per bucket that has norm-clipped tensors with a gradient (the
-   bucket's address table, a chunk table of those tensors ordered by output, and a slice of
-   one partials buffer in the accumulation dtype: float64 if any clipped gradient is float64,
-   else float32, as Paddle sums);
+   bucket's address table, a chunk table of those tensors ordered by output, in chunks of
+   ``NORM_CHUNK_SIZE`` = 16 blocks so the finalize has 16x fewer partials to reduce than one
+   per block (427k for 7B fp32 parameters), and a slice of one partials buffer in the
+   accumulation dtype: float64 if any clipped gradient is float64, else float32, as Paddle
+   sums);
 2. one finalize launch that reduces each output's partial ranges, in a fixed order, to its
    norm and scale;
 
@@ -35,7 +37,6 @@ import torch
 
 from triton_adam import distributed as D
 from triton_adam.buckets import Bucket, StepPlan, _upload
-from triton_adam.kernels import adam as K
 from triton_adam.kernels import norm as N
 
 
@@ -69,7 +70,7 @@ class DeviceClipper:
         passes = []
         offset = 0
         for bucket, plan in work:
-            rows, by_entry = bucket.norm_chunks(plan.active)
+            rows, by_entry = bucket.norm_chunks(plan.active, N.NORM_CHUNK_SIZE)
             if len(rows) == 0:
                 continue
             for entry, (start, end) in by_entry.items():
@@ -104,7 +105,7 @@ class DeviceClipper:
             N.sum_squares_tensor_list_(
                 bucket.sync_tables(_plan_of(work, bucket))[0], rows, self._partials[part],
                 grad_dtype=bucket.grad_dtype, aligned=bucket.aligned,
-                chunk_size=K.CHUNK_SIZE)
+                chunk_size=N.NORM_CHUNK_SIZE)
         if grad_scale is not None and len(self._partials):
             self._partials.mul_(grad_scale.reshape(()).to(self._partials.device,
                                                           self._partials.dtype).reciprocal().square())
