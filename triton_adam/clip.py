@@ -74,6 +74,23 @@ class ClipGradBase:
     def __call__(self, params_grads: ParamsGrads) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return self.clip(params_grads)
 
+    def _clip_each(self, params_grads: ParamsGrads, fn) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-tensor clips: ``fn(g)`` for each pair with a gradient and ``need_clip``; pairs
+        without a gradient are dropped. ``check()`` runs only when a gradient is clipped, as
+        in Paddle."""
+        out = []
+        for p, g in params_grads:
+            if g is None:
+                continue
+            if _need_clip(p):
+                self.check()
+                g = fn(g)
+            out.append((p, g))
+        return out
+
+    def check(self) -> None:
+        """Bounds Paddle checks when it clips (none for the base class)."""
+
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({fields})"
@@ -190,15 +207,7 @@ class ClipGradByNorm(ClipGradBase):
         return torch.where(norm <= clip_norm, torch.ones((), dtype=dtype), clip_norm / norm)
 
     def clip(self, params_grads: ParamsGrads) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        out = []
-        for p, g in params_grads:
-            if g is None:
-                continue
-            if _need_clip(p):
-                self.check()
-                g = g * self.scale(g).to(g.dtype)
-            out.append((p, g))
-        return out
+        return self._clip_each(params_grads, lambda g: g * self.scale(g).to(g.dtype))
 
 
 class ClipGradByValue(ClipGradBase):
@@ -236,12 +245,5 @@ class ClipGradByValue(ClipGradBase):
                              f"got min={self.min}, max={self.max}")
 
     def clip(self, params_grads: ParamsGrads) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        out = []
-        for p, g in params_grads:
-            if g is None:
-                continue
-            if _need_clip(p):
-                self.check()
-                g = torch.clamp(g, min=self.min, max=self.max)
-            out.append((p, g))
-        return out
+        return self._clip_each(params_grads,
+                               lambda g: torch.clamp(g, min=self.min, max=self.max))
