@@ -491,11 +491,14 @@ def _check_amp(grad_scale: torch.Tensor | None, found_inf: torch.Tensor | None,
                    f"{t.dtype} {tuple(t.shape)} on {t.device}")
 
 
+def grad_dtype_allowed(param_dtype: torch.dtype, grad_dtype: torch.dtype) -> bool:
+    """fp16/bf16 params may come with fp32 ("master") gradients; otherwise the dtypes match."""
+    return grad_dtype == param_dtype or (param_dtype in LOW_PRECISION
+                                         and grad_dtype == torch.float32)
+
+
 def _check_grad_dtype(param_dtype: torch.dtype, grad_dtype: torch.dtype) -> None:
-    # fp16/bf16 params may come with fp32 ("master") gradients; otherwise the dtypes match.
-    ok = grad_dtype == param_dtype or (param_dtype in LOW_PRECISION
-                                       and grad_dtype == torch.float32)
-    _check(ok, lambda: f"grad dtype {grad_dtype} does not go with param dtype {param_dtype} "
+    _check(grad_dtype_allowed(param_dtype, grad_dtype), lambda: f"grad dtype {grad_dtype} does not go with param dtype {param_dtype} "
            "(fp16/bf16 params take their own dtype or float32 gradients)")
 
 

@@ -174,7 +174,7 @@ class Bucket:
         self._chunk_key: tuple[bool, ...] | None = None
         self._chunk_table: torch.Tensor | None = None
         self._synced: StepPlan | None = None  # the plan the device tables describe
-        self._amp: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
+        self._launched = False  # some step of this bucket has launched a kernel
 
     # ------------------------------------------------------------------------------ state
     def current_slot(self, j: int) -> int:
@@ -214,10 +214,8 @@ class Bucket:
         if g.layout != torch.strided:
             raise TypeError(f"{what}: a {g.layout} gradient; sparse gradients must be sparse "
                             "COO tensors (as Embedding(sparse=True) makes)")
-        allowed = g.dtype == p.dtype or (p.dtype in K.LOW_PRECISION and g.dtype == torch.float32)
-        if g.dtype != self.grad_dtype and allowed and self._synced is None \
-                and self.slots in (None, [0] * len(self.params)) and self.slot == 0 \
-                and not any(ref is not None for ref in self._built_grads):
+        allowed = K.grad_dtype_allowed(p.dtype, g.dtype)
+        if g.dtype != self.grad_dtype and allowed and not self._launched:
             # Built before any gradient was seen (set_state_dict before the first step): the
             # first gradients decide the launch group's gradient dtype.
             self.grad_dtype = g.dtype
@@ -356,7 +354,6 @@ class Bucket:
         and overflow flag (a set flag changes nothing but the pow slot, whose pows are
         copied).
         """
-        self._amp = (grad_scale, found_inf)
         if not any(plan.active) and not plan.sparse:
             return  # no launch, no pow advance: nothing of this bucket had a gradient
         if plan.sparse and (grad_scale is not None or found_inf is not None):
@@ -370,12 +367,13 @@ class Bucket:
             self._create(plan.created)
         self._created_key = plan.active
         if self.multi_tensor:
-            self._launch_multi(plan, lr, clip_scales)
+            self._launch_multi(plan, lr, clip_scales, grad_scale, found_inf)
         else:
-            self._launch_each(plan, lr, clip_scales)
+            self._launch_each(plan, lr, clip_scales, grad_scale, found_inf)
+        self._launched = True
 
-    def _launch_each(self, plan: StepPlan, lr: float,
-                     clip_scales: torch.Tensor | None) -> None:
+    def _launch_each(self, plan: StepPlan, lr: float, clip_scales: torch.Tensor | None,
+                     grad_scale: torch.Tensor | None, found_inf: torch.Tensor | None) -> None:
         assert self.slots is not None
         for j, g in enumerate(plan.grads):
             if g is None:
@@ -391,7 +389,7 @@ class Bucket:
                 clip_scale=clip_scales[c:c + 1] if self.clip_scale else None,
                 clip_value=self.clip_value,
                 master=None if self.master is None else self.state_view(self.master, j),
-                grad_scale=self._amp[0], found_inf=self._amp[1])
+                grad_scale=grad_scale, found_inf=found_inf)
             self.slots[j] = 1 - s
             self._remember(j, g)
         for j, g in plan.sparse:
@@ -444,8 +442,8 @@ class Bucket:
         assert self._device_table is not None and self._chunk_table is not None
         return self._device_table, self._chunk_table
 
-    def _launch_multi(self, plan: StepPlan, lr: float,
-                      clip_scales: torch.Tensor | None) -> None:
+    def _launch_multi(self, plan: StepPlan, lr: float, clip_scales: torch.Tensor | None,
+                      grad_scale: torch.Tensor | None, found_inf: torch.Tensor | None) -> None:
         table, chunks = self.sync_tables(plan)
         s = self.slot
         K.adam_update_tensor_list_(
@@ -454,7 +452,7 @@ class Bucket:
             grad_dtype=self.grad_dtype, aligned=self._aligned,
             coupled_decay=self.coupled_decay, decoupled_decay=self.decoupled_decay,
             clip_scales=clip_scales if self.clip_scale else None, clip_value=self.clip_value,
-            master=self.master, grad_scale=self._amp[0], found_inf=self._amp[1])
+            master=self.master, grad_scale=grad_scale, found_inf=found_inf)
         # Sparse (lazy) members after the dense launch, whose pow pass copied their pows into
         # slot 1 - s: the row kernel overwrites them there with the advanced ones.
         for j, g in plan.sparse:
