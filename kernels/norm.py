@@ -368,11 +368,31 @@ def _check_reduction_tables(where: str, partials: torch.Tensor, segments: torch.
            and segments.is_contiguous(), where, lambda:
            f"segments must be contiguous int64 [n, 2], got {segments.dtype} "
            f"{tuple(segments.shape)}")
+    return _check_outputs_table(where, outputs)
+
+
+def _check_outputs_table(where: str, outputs: torch.Tensor) -> int:
+    """The outputs table's checks; returns the number of outputs."""
     _check(outputs.dtype == torch.int64 and outputs.dim() == 2
            and outputs.shape[1] == OUT_WIDTH and outputs.is_contiguous(), where, lambda:
            f"outputs must be contiguous int64 [n, {OUT_WIDTH}], got {outputs.dtype} "
            f"{tuple(outputs.shape)}")
     return outputs.shape[0]
+
+
+def _check_output_vectors(where: str, n_outputs: int,
+                          vectors: Sequence[tuple[str, torch.Tensor, torch.dtype]]) -> None:
+    """Each per-output vector is a contiguous ``[n_outputs]`` tensor of its dtype."""
+    for name, t, dtype in vectors:
+        _check(t.dtype == dtype and tuple(t.shape) == (n_outputs,) and t.is_contiguous(), where,
+               lambda: f"{name} must be contiguous {dtype} [{n_outputs}], got {t.dtype} "
+               f"{tuple(t.shape)}")
+
+
+def _check_devices(where: str, anchor: str, device: torch.device,
+                   tensors: Sequence[tuple[str, torch.Tensor]]) -> None:
+    for name, t in tensors:
+        _check(t.device == device, where, lambda: f"{name} is on {t.device}, {anchor} on {device}")
 
 
 def clip_scales_(
@@ -406,15 +426,11 @@ def clip_scales_(
     n_outputs = _check_reduction_tables(where, partials, segments, outputs)
     expected = [("clip_norms", clip_norms, torch.float64), ("norms", norms, acc),
                 ("scales", scales, acc)]
-    for name, t, dtype in expected:
-        _check(t.dtype == dtype and tuple(t.shape) == (n_outputs,) and t.is_contiguous(), where,
-               lambda: f"{name} must be contiguous {dtype} [{n_outputs}], got {t.dtype} "
-               f"{tuple(t.shape)}")
+    _check_output_vectors(where, n_outputs, expected)
     _check(norms.data_ptr() != scales.data_ptr() or n_outputs == 0, where,
            lambda: "norms and scales must differ")
-    device = partials.device
-    for name, t in [("segments", segments), ("outputs", outputs)] + [e[:2] for e in expected]:
-        _check(t.device == device, where, lambda: f"{name} is on {t.device}, partials on {device}")
+    _check_devices(where, "partials", partials.device,
+                   [("segments", segments), ("outputs", outputs)] + [e[:2] for e in expected])
     if n_outputs == 0:
         return
     _clip_finalize_kernel[(n_outputs,)](
@@ -469,12 +485,9 @@ def output_sums_(partials: torch.Tensor, segments: torch.Tensor, outputs: torch.
     where = "output_sums_"
     acc = partials.dtype
     n_outputs = _check_reduction_tables(where, partials, segments, outputs)
-    _check(sums.dtype == acc and tuple(sums.shape) == (n_outputs,) and sums.is_contiguous(),
-           where, lambda: f"sums must be contiguous {acc} [{n_outputs}], got {sums.dtype} "
-           f"{tuple(sums.shape)}")
-    device = partials.device
-    for name, t in (("segments", segments), ("outputs", outputs), ("sums", sums)):
-        _check(t.device == device, where, lambda: f"{name} is on {t.device}, partials on {device}")
+    _check_output_vectors(where, n_outputs, [("sums", sums, acc)])
+    _check_devices(where, "partials", partials.device,
+                   [("segments", segments), ("outputs", outputs), ("sums", sums)])
     if n_outputs == 0:
         return
     # clip_norms and scales are not read in this phase: sums stands in for both.
@@ -500,23 +513,15 @@ def scales_from_sums_(sums: torch.Tensor, outputs: torch.Tensor, clip_norms: tor
     """
     where = "scales_from_sums_"
     acc = sums.dtype
-    _check(outputs.dtype == torch.int64 and outputs.dim() == 2
-           and outputs.shape[1] == OUT_WIDTH and outputs.is_contiguous(), where, lambda:
-           f"outputs must be contiguous int64 [n, {OUT_WIDTH}], got {outputs.dtype} "
-           f"{tuple(outputs.shape)}")
-    n_outputs = outputs.shape[0]
+    n_outputs = _check_outputs_table(where, outputs)
     _check(acc in _ACC_DTYPES, where, lambda: f"sums must be float32 or float64, got {acc}")
-    expected = [("sums", sums, acc), ("clip_norms", clip_norms, torch.float64),
-                ("scales", scales, acc)]
-    for name, t, dtype in expected:
-        _check(t.dtype == dtype and tuple(t.shape) == (n_outputs,) and t.is_contiguous(), where,
-               lambda: f"{name} must be contiguous {dtype} [{n_outputs}], got {t.dtype} "
-               f"{tuple(t.shape)}")
+    _check_output_vectors(where, n_outputs, [("sums", sums, acc),
+                                             ("clip_norms", clip_norms, torch.float64),
+                                             ("scales", scales, acc)])
     _check(sums.data_ptr() != scales.data_ptr() or n_outputs == 0, where,
            lambda: "sums and scales must differ")
-    device = sums.device
-    for name, t in (("outputs", outputs), ("clip_norms", clip_norms), ("scales", scales)):
-        _check(t.device == device, where, lambda: f"{name} is on {t.device}, sums on {device}")
+    _check_devices(where, "sums", sums.device,
+                   [("outputs", outputs), ("clip_norms", clip_norms), ("scales", scales)])
     if n_outputs == 0:
         return
     # partials and segments are not read in this phase: sums and outputs stand in for them.
