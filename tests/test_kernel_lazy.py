@@ -38,6 +38,7 @@ import torch
 from triton_adam import reference
 from triton_adam.kernels import adam as K
 from triton_adam.kernels import lazy as L
+from test_kernel_adam import MODES  # (amsgrad, l2, l1, decoupled wd, lr_scale)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -47,15 +48,6 @@ TOL = {torch.float64: dict(rtol=1e-12, atol=1e-12), torch.float32: F32_TOL,
 # One ulp relative, for half params without master weights (see the module docstring).
 HALF_ULP = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
 
-# name -> (amsgrad, l2, l1, decoupled weight decay, lr_scale), as in test_kernel_adam.py
-MODES = {
-    "adam": (False, 0.0, 0.0, 0.0, 1.0),
-    "amsgrad": (True, 0.0, 0.0, 0.0, 1.0),
-    "l2": (False, 0.05, 0.0, 0.0, 1.0),
-    "l1": (False, 0.0, 0.03, 0.0, 1.0),
-    "adamw": (False, 0.0, 0.0, 0.02, 0.5),
-    "adamw-amsgrad-l2": (True, 0.01, 0.0, 0.02, 2.0),
-}
 # 1; odd; not a multiple of its column block (100 -> 128); wider than the widest block
 # (1041 -> two blocks, the second one masked).
 WIDTHS = [1, 17, 100, L.MAX_BLOCK_W + 17]

@@ -155,6 +155,16 @@ def fresh_like(params, names, config="adam", multi_tensor=False):
 
 
 # ------------------------------------------------------------------ format against Paddle
+def _step_both_and_compare(params, opt, copies, other, grads) -> None:
+    """One more step of both optimizers on the same gradients: params and state stay equal."""
+    for p, q, g in zip(params, copies, grads):
+        p.grad, q.grad = torch.from_numpy(g.copy()), torch.from_numpy(g.copy())
+    opt.step()
+    other.step()
+    assert all(torch.equal(p, q) for p, q in zip(params, copies))
+    assert_bitwise(snapshot(other), snapshot(opt))
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("config", ["adam"] + CONFIGS)
 def test_keys_shapes_dtypes_match_paddle(config, dtype):
@@ -482,12 +492,7 @@ def test_absent_parameter_starts_fresh_unless_keys_are_foreign():
     assert not any(k.startswith(names[2]) for k in state)
     copies, fresh, _ = fresh_like(params, names)
     fresh.set_state_dict(state)
-    for p, q, g in zip(params, copies, grads[0]):
-        p.grad, q.grad = torch.from_numpy(g.copy()), torch.from_numpy(g.copy())
-    opt.step()
-    fresh.step()
-    assert all(torch.equal(p, q) for p, q in zip(params, copies))
-    assert_bitwise(snapshot(fresh), snapshot(opt))
+    _step_both_and_compare(params, opt, copies, fresh, grads[0])
 
     # The same dict with one parameter's keys under another name: foreign keys.
     renamed = {k.replace(names[1], "encoder.w"): v for k, v in state.items()}
@@ -544,12 +549,7 @@ def test_load_before_first_step(multi_tensor):
     for v in source.values():  # never aliased: changing the source changes nothing
         v.fill_(7.0)
     assert_bitwise(snapshot(fresh), state)
-    for p, q, g in zip(params, copies, grads[0]):
-        p.grad, q.grad = torch.from_numpy(g.copy()), torch.from_numpy(g.copy())
-    opt.step()
-    fresh.step()
-    assert all(torch.equal(p, q) for p, q in zip(params, copies))
-    assert_bitwise(snapshot(fresh), snapshot(opt))
+    _step_both_and_compare(params, opt, copies, fresh, grads[0])
 
 
 @pytest.mark.parametrize("multi_tensor", [False, True], ids=["per-tensor", "multi-tensor"])
@@ -565,12 +565,7 @@ def test_load_overwrites_a_stepped_optimizer(multi_tensor):
             q.copy_(p)
     other.set_state_dict(state)
     assert_bitwise(snapshot(other), state)
-    for p, q, g in zip(params, copies, grads[0]):
-        p.grad, q.grad = torch.from_numpy(g.copy()), torch.from_numpy(g.copy())
-    opt.step()
-    other.step()
-    assert all(torch.equal(p, q) for p, q in zip(params, copies))
-    assert_bitwise(snapshot(other), snapshot(opt))
+    _step_both_and_compare(params, opt, copies, other, grads[0])
 
 
 def test_state_dict_moments_live_pows_snapshot():
