@@ -33,12 +33,13 @@ Design notes, for the issues that build on this kernel:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import torch
 import triton
 import triton.language as tl
+
+from .common import device_guard, interpreting
 
 # 1024 elements per program with 4 warps: 8 contiguous elements per thread, i.e. two 16-byte
 # vector accesses per fp32 stream (one per fp64 stream), the shape measured to keep 16-byte
@@ -85,21 +86,12 @@ CHUNK_SIZE = BLOCK_SIZE
 # Tensors whose pows one program advances in the pow pass of the multi-tensor kernel.
 POW_BLOCK = 128
 
-def _interpreting() -> bool:
-    """Whether this process runs @triton.jit kernels under the interpreter (decided, like
-    here, when the kernels are defined)."""
-    knobs = getattr(triton, "knobs", None)  # Triton >= 3.4
-    if knobs is not None:
-        return bool(knobs.runtime.interpret)
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 # fp32 -> bf16 must round to nearest even. Compiled, ``.to(tl.bfloat16)`` is LLVM's fptrunc,
 # i.e. ``cvt.rn.bf16`` (tests/test_compile_lazy.py checks the PTX); but the Triton 3.9
 # interpreter truncates toward zero for that conversion (even with
 # ``fp_downcast_rounding="rtne"``). Under the interpreter the kernels therefore round with
 # integer arithmetic instead, so CPU runs give the bits a GPU gives. fp16 is exact in both.
-_INTERPRETER_BF16_RNE = tl.constexpr(_interpreting())
+_INTERPRETER_BF16_RNE = tl.constexpr(interpreting())
 
 # The same constants as seen from @triton.jit code (compiled kernels may read only constexpr
 # globals).
@@ -383,7 +375,7 @@ def _adam_tensor_list_kernel(
     n_chunks,  # rows of the chunk table: programs [0, n_chunks) update elements, the rest pows
     PARAM_DTYPE: tl.constexpr,  # element type behind the param addresses
     GRAD_DTYPE: tl.constexpr,  # element type behind the grad addresses
-    ALIGNED: tl.constexpr,  # every param/grad address of the table is 16-byte aligned
+    ALIGNED: tl.constexpr,  # 16-byte access for rows whose param and grad addresses allow it
     BLOCK: tl.constexpr,  # elements per program: a chunk is one block
     POW_BLOCK: tl.constexpr,  # tensors whose pows one program advances
     AMSGRAD: tl.constexpr,
@@ -420,12 +412,10 @@ def _adam_tensor_list_kernel(
         t = tl.load(chunk_table_ptr + 2 * pid)
         chunk = tl.load(chunk_table_ptr + 2 * pid + 1).to(tl.int64)
         row = tensor_table_ptr + t.to(tl.int64) * _TABLE_WIDTH
-        param_ptr = tl.load(row + _COL_PARAM_ADDR).to(tl.pointer_type(PARAM_DTYPE))
-        grad_ptr = tl.load(row + _COL_GRAD_ADDR).to(tl.pointer_type(GRAD_DTYPE))
-        if ALIGNED:
-            # The launcher checked every address; a table load carries no alignment otherwise.
-            param_ptr = tl.multiple_of(param_ptr, 16)
-            grad_ptr = tl.multiple_of(grad_ptr, 16)
+        param_addr = tl.load(row + _COL_PARAM_ADDR)
+        grad_addr = tl.load(row + _COL_GRAD_ADDR)
+        param_ptr = param_addr.to(tl.pointer_type(PARAM_DTYPE))
+        grad_ptr = grad_addr.to(tl.pointer_type(GRAD_DTYPE))
         n_elements = tl.load(row + _COL_NUMEL)
         if SKIP_ON_INF:
             # AMP found an inf/NaN gradient: every access masked off (see _adam_kernel).
@@ -444,7 +434,18 @@ def _adam_tensor_list_kernel(
         v_ptr = exp_avg_sq_ptr + state_offset
         vmax_ptr = max_exp_avg_sq_ptr + state_offset
         w_ptr = master_ptr + state_offset
-        if block_start + BLOCK <= n_elements:
+        # 16-byte vector access needs a full block (no mask) and, since a table load carries
+        # no alignment, a promise that both addresses are multiples of 16. Each row decides
+        # for itself, on the device: one unaligned member (a view at an odd offset, a
+        # gradient shard) does not slow down the others. Unaligned full blocks take the
+        # masked path, which moves the same bytes with scalar accesses.
+        vector = block_start + BLOCK <= n_elements
+        if ALIGNED:
+            vector = vector & (((param_addr | grad_addr) & 15) == 0)
+        if vector:
+            if ALIGNED:
+                param_ptr = tl.multiple_of(param_ptr, 16)
+                grad_ptr = tl.multiple_of(grad_ptr, 16)
             _adam_block(param_ptr, grad_ptr, m_ptr, v_ptr, vmax_ptr, w_ptr, offs, None, lr_t,
                         step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd, g_scale,
                         clip_lo, clip_hi, inv_grad_scale, AMSGRAD, COUPLED_DECAY,
@@ -591,23 +592,24 @@ def adam_update_(
     n = param.numel()
     # At least one program, so the pows advance also for an empty tensor.
     grid = (max(1, triton.cdiv(n, BLOCK_SIZE)),)
-    _adam_kernel[grid](
-        param, grad, exp_avg, exp_avg_sq,
-        max_exp_avg_sq if max_exp_avg_sq is not None else exp_avg_sq,
-        hyper, pows_in, pows_out,
-        clip_scale if clip_scale is not None else hyper,
-        master if master is not None else exp_avg,
-        grad_scale if grad_scale is not None else hyper,
-        found_inf if found_inf is not None else hyper,
-        float(lr), n,
-        **kernel_constexprs(amsgrad=max_exp_avg_sq is not None, coupled_decay=coupled_decay,
-                            decoupled_decay=decoupled_decay,
-                            clip_scale=clip_scale is not None, clip_value=clip_value,
-                            master=master is not None, unscale=grad_scale is not None,
-                            skip_on_inf=found_inf is not None),
-        num_warps=NUM_WARPS,
-        enable_fp_fusion=FP_FUSION,
-    )
+    with device_guard(param.device):
+        _adam_kernel[grid](
+            param, grad, exp_avg, exp_avg_sq,
+            max_exp_avg_sq if max_exp_avg_sq is not None else exp_avg_sq,
+            hyper, pows_in, pows_out,
+            clip_scale if clip_scale is not None else hyper,
+            master if master is not None else exp_avg,
+            grad_scale if grad_scale is not None else hyper,
+            found_inf if found_inf is not None else hyper,
+            float(lr), n,
+            **kernel_constexprs(amsgrad=max_exp_avg_sq is not None, coupled_decay=coupled_decay,
+                                decoupled_decay=decoupled_decay,
+                                clip_scale=clip_scale is not None, clip_value=clip_value,
+                                master=master is not None, unscale=grad_scale is not None,
+                                skip_on_inf=found_inf is not None),
+            num_warps=NUM_WARPS,
+            enable_fp_fusion=FP_FUSION,
+        )
 
 
 _TRITON_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64,
@@ -655,7 +657,9 @@ def adam_update_tensor_list_(
             step's (advanced for active tensors, copied for the others); must not overlap.
         lr: the step's learning rate (passed as float64).
         param_dtype, grad_dtype: the element types behind the table's addresses.
-        aligned: every param and grad address in the table is a multiple of 16 bytes.
+        aligned: use 16-byte vector access on the full blocks of every row whose param and
+            grad addresses are multiples of 16 bytes (checked per row, on the device); False
+            compiles scalar access only.
         coupled_decay, decoupled_decay: as in ``adam_update_``; tensors without decay have
             zero coefficients in their hyper row.
         clip_scales: 1-D float32/float64 clip scales; a tensor's gradient is multiplied by
@@ -712,23 +716,24 @@ def adam_update_tensor_list_(
     if n_tensors == 0:
         return
     grid = (n_chunks + triton.cdiv(n_tensors, POW_BLOCK),)
-    _adam_tensor_list_kernel[grid](
-        tensor_table, chunk_table, exp_avg, exp_avg_sq,
-        max_exp_avg_sq if max_exp_avg_sq is not None else exp_avg_sq,
-        hyper, pows_in, pows_out, clip_scales if clip_scales is not None else hyper,
-        master if master is not None else exp_avg,
-        grad_scale if grad_scale is not None else hyper,
-        found_inf if found_inf is not None else hyper,
-        float(lr), n_tensors, n_chunks,
-        **tensor_list_constexprs(param_dtype=param_dtype, grad_dtype=grad_dtype, aligned=aligned,
-                                 amsgrad=max_exp_avg_sq is not None,
-                                 coupled_decay=coupled_decay, decoupled_decay=decoupled_decay,
-                                 clip_scale=clip_scales is not None, clip_value=clip_value,
-                                 master=master is not None, unscale=grad_scale is not None,
-                                 skip_on_inf=found_inf is not None),
-        num_warps=NUM_WARPS,
-        enable_fp_fusion=FP_FUSION,
-    )
+    with device_guard(exp_avg.device):
+        _adam_tensor_list_kernel[grid](
+            tensor_table, chunk_table, exp_avg, exp_avg_sq,
+            max_exp_avg_sq if max_exp_avg_sq is not None else exp_avg_sq,
+            hyper, pows_in, pows_out, clip_scales if clip_scales is not None else hyper,
+            master if master is not None else exp_avg,
+            grad_scale if grad_scale is not None else hyper,
+            found_inf if found_inf is not None else hyper,
+            float(lr), n_tensors, n_chunks,
+            **tensor_list_constexprs(param_dtype=param_dtype, grad_dtype=grad_dtype, aligned=aligned,
+                                     amsgrad=max_exp_avg_sq is not None,
+                                     coupled_decay=coupled_decay, decoupled_decay=decoupled_decay,
+                                     clip_scale=clip_scales is not None, clip_value=clip_value,
+                                     master=master is not None, unscale=grad_scale is not None,
+                                     skip_on_inf=found_inf is not None),
+            num_warps=NUM_WARPS,
+            enable_fp_fusion=FP_FUSION,
+        )
 
 
 def tensor_list_constexprs(*, param_dtype: torch.dtype, grad_dtype: torch.dtype, aligned: bool,

@@ -16,8 +16,8 @@ tensor with one sparse dimension, as ``torch.nn.Embedding(sparse=True)`` produce
 Rows absent from the gradient are not touched at all: neither the param nor any accumulator
 is read or written. An empty gradient (``nnz == 0``) launches nothing: no update, no pow
 advance (Paddle returns early in that case). ``lazy_mode=False`` with a sparse gradient is the
-dense update of the densified gradient: ``grad.to_dense()`` then ``kernels.adam.adam_update_``
-(see ``dense_grad``).
+dense update of the densified gradient: ``dense_grad(grad)`` (duplicates summed in a fixed
+order, deterministic on a GPU too) then ``kernels.adam.adam_update_``.
 
 Design:
 
@@ -72,6 +72,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .common import device_guard
 from .adam import (
     FP_FUSION,
     HYPER_BETA1,
@@ -113,6 +114,24 @@ _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
+@triton.jit
+def _run_sum(values_ptr, sorted_rows_ptr, perm_ptr, k, row, nnz, width, cols, mask,
+             acc_dtype: tl.constexpr):
+    """The gradient of ``row``: the sum of its run of equal ids starting at sorted position
+    ``k`` (the run's head), over the columns ``cols``, in sorted (= stable, i.e. sparse
+    tensor) order, accumulated in ``acc_dtype``: a fixed order, so the same bits every run."""
+    src = tl.load(perm_ptr + k)  # int64: src * width is an int64 offset
+    g = tl.load(values_ptr + src * width + cols, mask=mask, other=0.0).to(acc_dtype)
+    j = k + 1
+    nxt = tl.load(sorted_rows_ptr + j, mask=j < nnz, other=-1)
+    while nxt == row:
+        src = tl.load(perm_ptr + j)
+        g += tl.load(values_ptr + src * width + cols, mask=mask, other=0.0).to(acc_dtype)
+        j += 1
+        nxt = tl.load(sorted_rows_ptr + j, mask=j < nnz, other=-1)
+    return g
+
+
 @triton.jit(do_not_specialize=["nnz"])
 def _lazy_adam_kernel(
     param_ptr,  # *P [n_rows, width]: the table, updated in place on the present rows only
@@ -152,16 +171,8 @@ def _lazy_adam_kernel(
     if is_head & (row >= 0) & (row < n_rows):
         cols = col_block * BLOCK_W + tl.arange(0, BLOCK_W)
         mask = cols < width
-        # The run's gradient rows, summed in the compute dtype in sorted (= stable) order.
-        src = tl.load(perm_ptr + k)  # int64: src * width is an int64 offset
-        g = tl.load(values_ptr + src * width + cols, mask=mask, other=0.0).to(compute_dtype)
-        j = k + 1
-        nxt = tl.load(sorted_rows_ptr + j, mask=j < nnz, other=-1)
-        while nxt == row:
-            src = tl.load(perm_ptr + j)
-            g += tl.load(values_ptr + src * width + cols, mask=mask, other=0.0).to(compute_dtype)
-            j += 1
-            nxt = tl.load(sorted_rows_ptr + j, mask=j < nnz, other=-1)
+        g = _run_sum(values_ptr, sorted_rows_ptr, perm_ptr, k, row, nnz, width, cols, mask,
+                     compute_dtype)
 
         lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd = _step_scalars(
             hyper_ptr, pows_in_ptr, lr, compute_dtype)
@@ -192,6 +203,35 @@ def _lazy_adam_kernel(
         if MASTER:
             tl.store(master_ptr + row_start + cols, p, mask=mask)
         tl.store(param_ptr + row_start + cols, _round_to(p, param_ptr.dtype.element_ty),
+                 mask=mask)
+
+
+@triton.jit(do_not_specialize=["nnz"])
+def _densify_rows_kernel(
+    dense_ptr,  # *G [n_rows, width]: zeros on entry; each present row receives its sum
+    values_ptr,  # *G [nnz, width]: the gradient rows, in the sparse tensor's (unsorted) order
+    sorted_rows_ptr,  # *i64 [nnz]: the row ids sorted ascending (stable sort)
+    perm_ptr,  # *i64 [nnz]: perm[k] is the position in values of sorted_rows[k]
+    nnz,  # entries of the sparse gradient = programs on axis 0 (per step: not specialized)
+    n_rows,  # rows of the table: ids outside [0, n_rows) are skipped
+    width,  # elements per row
+    ACC_DTYPE: tl.constexpr,  # accumulation dtype of duplicate rows (fp32, or fp64)
+    BLOCK_W: tl.constexpr,  # columns per program
+):
+    # The head of each run of equal ids writes the run's sum, the others nothing: each
+    # present row is written once, summed in a fixed order (no atomics), so the dense
+    # gradient has the same bits on every run and every GPU.
+    k = tl.program_id(0)
+    col_block = tl.program_id(1)
+    row = tl.load(sorted_rows_ptr + k)
+    prev = tl.load(sorted_rows_ptr + tl.maximum(k - 1, 0))
+    is_head = (k == 0) | (prev != row)
+    if is_head & (row >= 0) & (row < n_rows):
+        cols = col_block * BLOCK_W + tl.arange(0, BLOCK_W)
+        mask = cols < width
+        g = _run_sum(values_ptr, sorted_rows_ptr, perm_ptr, k, row, nnz, width, cols, mask,
+                     ACC_DTYPE)
+        tl.store(dense_ptr + row * width + cols, _round_to(g, dense_ptr.dtype.element_ty),
                  mask=mask)
 
 
@@ -320,21 +360,35 @@ def sparse_adam_update_(
     if nnz == 0:
         return False
 
-    # Same length in, same length out: no output size to read back, hence no sync.
-    sorted_rows, perm = torch.sort(indices[0], stable=True)
-    _lazy_adam_kernel[(nnz, col_blocks)](
-        param, master if master is not None else param, values, sorted_rows, perm,
-        exp_avg, exp_avg_sq, max_exp_avg_sq if max_exp_avg_sq is not None else exp_avg_sq,
-        hyper, pows_in, pows_out,
-        float(lr), nnz, n_rows, width,
-        **lazy_kernel_constexprs(block_w=block_w, amsgrad=max_exp_avg_sq is not None,
-                                 coupled_decay=coupled_decay, decoupled_decay=decoupled_decay,
-                                 master=master is not None),
-        num_warps=num_warps,
-        enable_fp_fusion=FP_FUSION,
-        **_register_budget(param.device),
-    )
+    with device_guard(param.device):
+        # Same length in, same length out: no output size to read back, hence no sync.
+        sorted_rows, perm = torch.sort(indices[0], stable=True)
+        _lazy_adam_kernel[(nnz, col_blocks)](
+            param, master if master is not None else param, values, sorted_rows, perm,
+            exp_avg, exp_avg_sq, max_exp_avg_sq if max_exp_avg_sq is not None else exp_avg_sq,
+            hyper, pows_in, pows_out,
+            float(lr), nnz, n_rows, width,
+            **lazy_kernel_constexprs(block_w=block_w, amsgrad=max_exp_avg_sq is not None,
+                                     coupled_decay=coupled_decay,
+                                     decoupled_decay=decoupled_decay, master=master is not None),
+            num_warps=num_warps,
+            enable_fp_fusion=FP_FUSION,
+            **_register_budget(param.device),
+        )
     return True
+
+
+def check_launchable(param: torch.Tensor, grad: torch.Tensor) -> None:
+    """Raise ``ValueError`` when the launch for ``grad`` would exceed the grid's limits (the
+    launchers check the same; the optimizer checks it before any launch of a step)."""
+    nnz = grad._nnz()
+    n_rows = param.shape[0] if param.dim() else 0
+    width = param.numel() // n_rows if n_rows else 0
+    block_w, _ = row_block_config(width)
+    col_blocks = max(1, triton.cdiv(width, block_w))
+    _check(nnz <= MAX_GRID_0, lambda: f"grad has {nnz} entries, more than {MAX_GRID_0}")
+    _check(col_blocks <= MAX_GRID_1, lambda: f"rows of {width} elements need {col_blocks} "
+           f"column blocks, more than {MAX_GRID_1}")
 
 
 def _register_budget(device: torch.device) -> dict:
@@ -351,12 +405,37 @@ def dense_grad(grad: torch.Tensor) -> torch.Tensor:
     ``kernels.adam.adam_update_``. Only an empty gradient differs: like the lazy path it must
     change nothing, so the caller skips the step when ``grad._nnz() == 0`` (host metadata).
 
-    This is ``grad.to_dense()``: zeros plus ``add_(sparse)``, which on CUDA runs an
-    elementwise kernel for a coalesced gradient and ``index_add_`` for an uncoalesced one,
-    neither of which reads anything back (no sync). Duplicate ids are summed by atomics
-    there, so on a GPU the order of that sum (the last ulp of a row with duplicates) is not
-    deterministic unless ``torch.use_deterministic_algorithms(True)``.
+    Deterministic on every device: the row ids are sorted on the device (stable) and the
+    first entry of each run of equal ids writes the run's sum, accumulated in float32
+    (float64 for float64 values) in sparse-tensor order and rounded once to the values'
+    dtype. (``grad.to_dense()`` sums duplicates with atomics on CUDA, in no fixed order.)
+    Ids outside ``[0, n_rows)`` are skipped, as in the lazy kernel. No host sync.
     """
     _check(grad.layout == torch.sparse_coo, lambda: f"grad layout {grad.layout} is not "
            "torch.sparse_coo")
-    return grad.to_dense()
+    _check(grad.sparse_dim() == 1 and grad.dim() >= 1, lambda: f"grad has "
+           f"{grad.sparse_dim()} sparse dimensions, expected 1 (sparse rows, dense rest)")
+    indices = grad._indices()
+    values = grad._values()
+    _check(indices.dtype == torch.int64, lambda: f"grad indices dtype {indices.dtype} is not "
+           "int64")
+    _check(values.dtype in _FLOAT_DTYPES, lambda: f"grad values dtype {values.dtype} is not "
+           "one of float32, float64, float16, bfloat16")
+    values = values.contiguous()
+    dense = torch.zeros(grad.shape, dtype=values.dtype, device=values.device)
+    nnz = indices.shape[1]
+    n_rows = grad.shape[0]
+    width = dense.numel() // n_rows if n_rows else 0
+    if nnz == 0 or width == 0:
+        return dense
+    block_w, num_warps = row_block_config(width)
+    col_blocks = triton.cdiv(width, block_w)
+    _check(nnz <= MAX_GRID_0 and col_blocks <= MAX_GRID_1, lambda: f"grad has {nnz} entries "
+           f"of {width} elements: more than one launch can cover")
+    with device_guard(dense.device):
+        sorted_rows, perm = torch.sort(indices[0], stable=True)
+        _densify_rows_kernel[(nnz, col_blocks)](
+            dense, values, sorted_rows, perm, nnz, n_rows, width,
+            ACC_DTYPE=tl.float64 if values.dtype == torch.float64 else tl.float32,
+            BLOCK_W=block_w, num_warps=num_warps, enable_fp_fusion=FP_FUSION)
+    return dense

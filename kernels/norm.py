@@ -83,10 +83,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
 
+from triton_adam.kernels.common import device_guard, upload
 from triton_adam.kernels.adam import (
     FP_FUSION,
     BLOCK_SIZE,
@@ -142,27 +144,10 @@ _MODE_BY_NORM = tl.constexpr(MODE_BY_NORM)
 
 
 @triton.jit
-def _sum_squares_kernel(
-    tensor_table_ptr,  # *i64 [n_tensors, TABLE_WIDTH]: reads COL_GRAD_ADDR and COL_NUMEL
-    chunk_table_ptr,  # *i32 [n_chunks, 2]: (tensor row, chunk index within the tensor)
-    partials_ptr,  # *ACC [n_chunks]: receives each chunk's sum of squares
-    GRAD_DTYPE: tl.constexpr,  # element type behind the grad addresses
-    ACC_DTYPE: tl.constexpr,  # accumulation dtype (the element type of partials)
-    ALIGNED: tl.constexpr,  # every grad address of the table is 16-byte aligned
-    BLOCK: tl.constexpr,  # elements per inner iteration
-    BLOCKS_PER_CHUNK: tl.constexpr,  # chunk size / BLOCK: inner iterations per chunk
-):
-    pid = tl.program_id(0)  # one program per chunk-table row: the grid is exactly n_chunks
-    t = tl.load(chunk_table_ptr + 2 * pid)
-    chunk = tl.load(chunk_table_ptr + 2 * pid + 1).to(tl.int64)
-    row = tensor_table_ptr + t.to(tl.int64) * _TABLE_WIDTH
-    grad_ptr = tl.load(row + _COL_GRAD_ADDR).to(tl.pointer_type(GRAD_DTYPE))
-    if ALIGNED:
-        # The launcher's caller checked every address; a table load carries no alignment.
-        grad_ptr = tl.multiple_of(grad_ptr, 16)
-    n_elements = tl.load(row + _COL_NUMEL)
-
-    chunk_start = chunk * (BLOCK * BLOCKS_PER_CHUNK)  # int64 offsets: tensors beyond 2^31 exist
+def _chunk_squares(grad_ptr, chunk_start, n_elements, ACC_DTYPE: tl.constexpr,
+                   BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr):
+    """Per-lane sums of squares of the chunk of ``BLOCK * BLOCKS_PER_CHUNK`` elements that
+    starts at ``chunk_start`` (``[BLOCK]`` values in ``ACC_DTYPE``)."""
     if BLOCKS_PER_CHUNK == 1:
         # A chunk is one block (the Adam chunk table): straight-line code, no loop.
         offs = chunk_start + tl.arange(0, BLOCK)
@@ -185,6 +170,39 @@ def _sum_squares_kernel(
             offs = full_end + tl.arange(0, BLOCK)
             x = tl.load(grad_ptr + offs, mask=offs < chunk_end, other=0.0).to(ACC_DTYPE)
             acc += x * x
+    return acc
+
+
+@triton.jit
+def _sum_squares_kernel(
+    tensor_table_ptr,  # *i64 [n_tensors, TABLE_WIDTH]: reads COL_GRAD_ADDR and COL_NUMEL
+    chunk_table_ptr,  # *i32 [n_chunks, 2]: (tensor row, chunk index within the tensor)
+    partials_ptr,  # *ACC [n_chunks]: receives each chunk's sum of squares
+    GRAD_DTYPE: tl.constexpr,  # element type behind the grad addresses
+    ACC_DTYPE: tl.constexpr,  # accumulation dtype (the element type of partials)
+    ALIGNED: tl.constexpr,  # 16-byte loads for rows whose grad address allows it
+    BLOCK: tl.constexpr,  # elements per inner iteration
+    BLOCKS_PER_CHUNK: tl.constexpr,  # chunk size / BLOCK: inner iterations per chunk
+):
+    pid = tl.program_id(0)  # one program per chunk-table row: the grid is exactly n_chunks
+    t = tl.load(chunk_table_ptr + 2 * pid)
+    chunk = tl.load(chunk_table_ptr + 2 * pid + 1).to(tl.int64)
+    row = tensor_table_ptr + t.to(tl.int64) * _TABLE_WIDTH
+    grad_addr = tl.load(row + _COL_GRAD_ADDR)
+    grad_ptr = grad_addr.to(tl.pointer_type(GRAD_DTYPE))
+    n_elements = tl.load(row + _COL_NUMEL)
+    chunk_start = chunk * (BLOCK * BLOCKS_PER_CHUNK)  # int64 offsets: tensors beyond 2^31 exist
+    # Each row decides on the device whether its address allows 16-byte loads (a table load
+    # carries no alignment): one unaligned gradient does not slow down the others.
+    vector = False
+    if ALIGNED:
+        vector = (grad_addr & 15) == 0
+    if vector:
+        acc = _chunk_squares(tl.multiple_of(grad_ptr, 16), chunk_start, n_elements, ACC_DTYPE,
+                             BLOCK, BLOCKS_PER_CHUNK)
+    else:
+        acc = _chunk_squares(grad_ptr, chunk_start, n_elements, ACC_DTYPE, BLOCK,
+                             BLOCKS_PER_CHUNK)
     tl.store(partials_ptr + pid, tl.sum(acc, axis=0))
 
 
@@ -315,7 +333,8 @@ def sum_squares_tensor_list_(
             dtype, see ``accumulation_dtype_for``); ``partials[i]`` receives the sum of squares
             of chunk ``i``. Usually a slice of the step's one partials buffer.
         grad_dtype: the element type behind the gradient addresses (fp16, bf16, fp32, fp64).
-        aligned: every gradient address in the table is a multiple of 16 bytes.
+        aligned: 16-byte loads for every row whose gradient address is a multiple of 16
+            bytes (checked per row, on the device); False compiles scalar loads only.
         chunk_size: elements per chunk-table row, a positive multiple of ``BLOCK_SIZE``. The
             default is the Adam kernel's ``CHUNK_SIZE``, so its chunk table can be reused; a
             coarser norm chunk table (e.g. ``NORM_CHUNK_SIZE``) gives fewer partials for the
@@ -347,13 +366,14 @@ def sum_squares_tensor_list_(
         _check(t.device == device, where, lambda: f"{name} is on {t.device}, partials on {device}")
     if n_chunks == 0:
         return
-    _sum_squares_kernel[(n_chunks,)](
-        tensor_table, chunk_table, partials,
-        **sum_squares_constexprs(grad_dtype=grad_dtype, acc_dtype=partials.dtype,
-                                 aligned=aligned, chunk_size=chunk_size),
-        num_warps=NUM_WARPS,
-        enable_fp_fusion=FP_FUSION,
-    )
+    with device_guard(partials.device):
+        _sum_squares_kernel[(n_chunks,)](
+            tensor_table, chunk_table, partials,
+            **sum_squares_constexprs(grad_dtype=grad_dtype, acc_dtype=partials.dtype,
+                                     aligned=aligned, chunk_size=chunk_size),
+            num_warps=NUM_WARPS,
+            enable_fp_fusion=FP_FUSION,
+        )
 
 
 def _check_reduction_tables(where: str, partials: torch.Tensor, segments: torch.Tensor,
@@ -433,12 +453,13 @@ def clip_scales_(
                    [("segments", segments), ("outputs", outputs)] + [e[:2] for e in expected])
     if n_outputs == 0:
         return
-    _clip_finalize_kernel[(n_outputs,)](
-        partials, segments, outputs, clip_norms, norms, scales,
-        **finalize_constexprs(acc_dtype=acc),
-        num_warps=NUM_WARPS,
-        enable_fp_fusion=FP_FUSION,
-    )
+    with device_guard(partials.device):
+        _clip_finalize_kernel[(n_outputs,)](
+            partials, segments, outputs, clip_norms, norms, scales,
+            **finalize_constexprs(acc_dtype=acc),
+            num_warps=NUM_WARPS,
+            enable_fp_fusion=FP_FUSION,
+        )
 
 
 def finalize_tables(
@@ -467,9 +488,11 @@ def finalize_tables(
                 raise ValueError(f"finalize_tables: bad partial range ({start}, {end})")
             seg_rows.append([int(start), int(end)])
         out_rows.append([first, len(seg_rows), int(mode), 0])
-    segments = torch.tensor(seg_rows, dtype=torch.int64).reshape(-1, 2)
-    out = torch.tensor(out_rows, dtype=torch.int64).reshape(-1, OUT_WIDTH)
-    return segments.to(device), out.to(device)
+    segments = np.asarray(seg_rows, dtype=np.int64).reshape(-1, 2)
+    out = np.asarray(out_rows, dtype=np.int64).reshape(-1, OUT_WIDTH)
+    # Rebuilt whenever the set of clipped gradients changes: uploaded without a host sync.
+    device = torch.device(device)
+    return upload(segments, device), upload(out, device)
 
 
 def output_sums_(partials: torch.Tensor, segments: torch.Tensor, outputs: torch.Tensor,
@@ -491,12 +514,13 @@ def output_sums_(partials: torch.Tensor, segments: torch.Tensor, outputs: torch.
     if n_outputs == 0:
         return
     # clip_norms and scales are not read in this phase: sums stands in for both.
-    _clip_finalize_kernel[(n_outputs,)](
-        partials, segments, outputs, sums, sums, sums,
-        **finalize_constexprs(acc_dtype=acc, phase=PHASE_SUMS),
-        num_warps=NUM_WARPS,
-        enable_fp_fusion=FP_FUSION,
-    )
+    with device_guard(partials.device):
+        _clip_finalize_kernel[(n_outputs,)](
+            partials, segments, outputs, sums, sums, sums,
+            **finalize_constexprs(acc_dtype=acc, phase=PHASE_SUMS),
+            num_warps=NUM_WARPS,
+            enable_fp_fusion=FP_FUSION,
+        )
 
 
 def scales_from_sums_(sums: torch.Tensor, outputs: torch.Tensor, clip_norms: torch.Tensor,
@@ -525,9 +549,10 @@ def scales_from_sums_(sums: torch.Tensor, outputs: torch.Tensor, clip_norms: tor
     if n_outputs == 0:
         return
     # partials and segments are not read in this phase: sums and outputs stand in for them.
-    _clip_finalize_kernel[(n_outputs,)](
-        sums, outputs, outputs, clip_norms, sums, scales,
-        **finalize_constexprs(acc_dtype=acc, phase=PHASE_SCALES),
-        num_warps=NUM_WARPS,
-        enable_fp_fusion=FP_FUSION,
-    )
+    with device_guard(sums.device):
+        _clip_finalize_kernel[(n_outputs,)](
+            sums, outputs, outputs, clip_norms, sums, scales,
+            **finalize_constexprs(acc_dtype=acc, phase=PHASE_SCALES),
+            num_warps=NUM_WARPS,
+            enable_fp_fusion=FP_FUSION,
+        )

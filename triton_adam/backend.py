@@ -8,10 +8,13 @@ CUDA driver: the check looks at tensors' devices and at the kernel objects only.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from triton.runtime.interpreter import InterpretedFunction
 
 from triton_adam.kernels import adam as _adam_kernels
+from triton_adam.kernels.common import check_interpretable
 
 INTERPRET_HINT = (
     "set the environment variable TRITON_INTERPRET=1 before triton or triton_adam is imported "
@@ -27,6 +30,8 @@ def interpreting() -> bool:
 def check_runnable(tensor: torch.Tensor, what: str) -> None:
     """Raise a clear error if the kernels cannot run on ``tensor``'s device in this process."""
     if tensor.device.type == "cuda":
+        # Under the interpreter a CUDA address would be read as host memory (a segfault).
+        check_interpretable(tensor.device, what)
         return
     if tensor.device.type == "cpu":
         if interpreting():
@@ -36,3 +41,24 @@ def check_runnable(tensor: torch.Tensor, what: str) -> None:
             f"under the Triton interpreter; {INTERPRET_HINT}")
     raise RuntimeError(f"{what} is on device '{tensor.device}': triton_adam runs on CUDA "
                        "tensors (and on CPU tensors under TRITON_INTERPRET=1)")
+
+
+def check_not_capturing(devices: Iterable[torch.device]) -> None:
+    """Refuse a step while a CUDA graph is being captured on one of ``devices``.
+
+    A captured step would replay with this step's learning rate and beta-pow slot baked in
+    (both are host values chosen at launch): silently wrong from the second replay on. Costs
+    nothing when CUDA was never initialised (then nothing can be capturing)."""
+    if not torch.cuda.is_initialized():
+        return
+    for device in devices:
+        if device.type != "cuda":
+            continue
+        with torch.cuda.device(device):
+            capturing = torch.cuda.is_current_stream_capturing()
+        if capturing:
+            raise RuntimeError(
+                f"step() called while a CUDA graph is being captured on {device}: this step "
+                "is not capturable (its learning rate and beta-pow slot are host values, and "
+                "a replay would repeat them). Run the optimizer step outside the captured "
+                "region; nothing was updated")

@@ -41,6 +41,7 @@ import torch
 from triton_adam import backend
 from triton_adam import distributed as D
 from triton_adam.kernels import adam as K
+from triton_adam.kernels import common as C
 from triton_adam.kernels import lazy as L
 
 
@@ -80,6 +81,10 @@ class StepPlan:
     sparse: list[tuple[int, torch.Tensor]] = dataclasses.field(default_factory=list)
     # ^ lazy_mode members with a non-empty sparse gradient: updated by the row kernel
     sparse_seen: bool = False  # some gradient of this step was sparse (lazy or densified)
+    # Members with fp32 master weights whose param was written outside the optimizer since
+    # its last step (``p.copy_``, ``p.data = ...``, a loaded state dict): their master is
+    # taken from the param again before the update, so the written values are not lost.
+    reload_master: list[int] = dataclasses.field(default_factory=list)
 
 
 _TENSOR = torch.Tensor  # the exact type of a plain gradient (a module constant: no lookup)
@@ -125,6 +130,9 @@ class Bucket:
 
         n = len(self.params)
         self.numels = [p.numel() for p in self.locals]
+        # What the state layout was built for: a param (its local shard) whose shape, dtype,
+        # device or storage changes later is refused until it is restored.
+        self.shapes = [p.shape for p in self.locals]
         self.offsets = []
         total = 0
         for numel in self.numels:
@@ -140,12 +148,14 @@ class Bucket:
         self.moment2_max = torch.zeros(total, dtype=cdt, device=dev) if amsgrad else None
         self.master = (torch.zeros(total, dtype=torch.float32, device=dev) if self.has_master
                        else None)
-        self.hyper = torch.tensor([c.hyper for c in self.configs], dtype=cdt, device=dev)
+        # Host-built rows reach the device asynchronously: a bucket is also built mid-run,
+        # when a parameter first gets a gradient (an MoE expert's first tokens).
+        self.hyper = C.upload(torch.tensor([c.hyper for c in self.configs], dtype=cdt), dev)
         pows = torch.zeros(2, n, K.POW_SLOT_WIDTH, dtype=cdt)
         for j, c in enumerate(self.configs):
             pows[:, j, 0] = c.hyper[K.HYPER_BETA1]
             pows[:, j, 1] = c.hyper[K.HYPER_BETA2]
-        self.pows = pows.to(dev)
+        self.pows = C.upload(pows, dev)
         # The current pow slot: one for the whole bucket with multi-tensor launches (the
         # kernel writes every member's pows), one per member otherwise.
         self.slot = 0
@@ -158,8 +168,12 @@ class Bucket:
             for col, t in c.tensor_hypers.items():
                 groups.setdefault((col, id(t)), (col, t, []))[2].append(j)
         self._tensor_hypers = [
-            (col, t, torch.tensor(rows, dtype=torch.int64, device=dev))
+            (col, t, C.upload(np.asarray(rows, dtype=np.int64), dev))
             for col, t, rows in groups.values()]
+        # Each param's version counter as the optimizer last left it (master-weight buckets
+        # only): a different value at the next step means the param was written from outside.
+        self._seen_version = [p._version for p in self.locals] if self.has_master else None
+        self._seen_ptr = [p.data_ptr() for p in self.locals] if self.has_master else None
 
         # Multi-tensor launch tables and what they were built from.
         self._host_table = np.zeros((n, K.TABLE_WIDTH), dtype=np.int64)
@@ -170,7 +184,6 @@ class Bucket:
         self._built_gptr = [0] * n
         self._built_pptr = [-1] * n
         self._device_table: torch.Tensor | None = None
-        self._aligned = False
         self._chunk_key: tuple[bool, ...] | None = None
         self._chunk_table: torch.Tensor | None = None
         self._synced: StepPlan | None = None  # the plan the device tables describe
@@ -184,16 +197,30 @@ class Bucket:
         """Member ``j``'s region of a flat state buffer, shaped like its param (its local
         shard for a DTensor param)."""
         off = self.offsets[j]
-        return buffer[off:off + self.numels[j]].view(self.locals[j].shape)
+        return buffer[off:off + self.numels[j]].view(self.shapes[j])
 
     def beta_pow(self, j: int, which: int) -> torch.Tensor:
         """Member ``j``'s current ``beta{which+1}_pow`` as a 1-element view (shape [1])."""
         return self.pows[self.current_slot(j), j, which:which + 1]
 
     # ------------------------------------------------------------------------- validation
+    def _check_param(self, j: int, p: torch.Tensor) -> None:
+        """Member ``j``'s param (its local shard) is still what its state was laid out for."""
+        if (p.shape != self.shapes[j] or p.dtype != self.param_dtype
+                or p.device != self.device):
+            raise ValueError(
+                f"{self.configs[j].what} changed since the optimizer first saw it: its state "
+                f"was laid out for {tuple(self.shapes[j])} {self.param_dtype} on {self.device}, "
+                f"it is now {tuple(p.shape)} {p.dtype} on {p.device} (e.g. `p.data = t` with "
+                "another shape, or a re-initialised module). Restore it, or build a new "
+                "optimizer for the new parameter; nothing was updated")
+        if not p.is_contiguous():
+            raise ValueError(f"{self.configs[j].what} is no longer contiguous (the kernels update "
+                             "a parameter in place over its storage); nothing was updated")
+
     def _validate(self, j: int, g: torch.Tensor) -> torch.Tensor:
-        """Check member ``j``'s gradient ``g`` (a DTensor for a DTensor param) and return what
-        the kernels read: the contiguous local gradient."""
+        """Check member ``j``'s param and gradient ``g`` (a DTensor for a DTensor param) and
+        return what the kernels read: the contiguous local gradient."""
         what = self.configs[j].what
         # A plain gradient is exactly a torch.Tensor: the type test spares plain buckets the
         # DTensor lookup (their validation costs what it did before DTensors were supported).
@@ -204,13 +231,11 @@ class Bucket:
             D.check_grad_placement(self.params[j], g, what)
             g = D.local_tensor(g)
             p = self.locals[j]
-            # FSDP may give a param a new local shard (reset / load): it must keep its size,
-            # the state layout was built for it.
-            if p.numel() != self.numels[j]:
-                raise ValueError(f"{what}: its local shard changed size since the optimizer "
-                                 f"first saw it ({self.numels[j]} elements, now {p.numel()})")
         else:
             p = self.params[j]
+        # The param first: a param replaced by one of another dtype or shape is reported as
+        # such, not as a gradient that does not match it.
+        self._check_param(j, p)
         if g.layout != torch.strided:
             raise TypeError(f"{what}: a {g.layout} gradient; sparse gradients must be sparse "
                             "COO tensors (as Embedding(sparse=True) makes)")
@@ -230,11 +255,6 @@ class Bucket:
         if g.shape != p.shape or g.device != p.device:
             raise ValueError(f"{what}: gradient {tuple(g.shape)} on {g.device} does not match "
                              f"the parameter {tuple(p.shape)} on {p.device}")
-        if p.dtype != self.param_dtype or p.device != self.device:
-            raise ValueError(f"{what} changed dtype or device since the optimizer first saw "
-                             f"it ({self.param_dtype} on {self.device})")
-        if not p.is_contiguous():
-            raise ValueError(f"{what} is no longer contiguous")
         backend.check_runnable(p, what)
         # A gradient with other strides than its parameter (rare: a user-assigned view) is
         # read through a contiguous copy, since the kernels walk both over one flat range.
@@ -265,6 +285,7 @@ class Bucket:
             self.locals = [D.local_tensor(p) for p in self.params]
         refs, gptrs, pptrs, params = (self._built_grads, self._built_gptr, self._built_pptr,
                                       self.locals)
+        shapes = self.shapes
         changed = []
         sparse: list[tuple[int, torch.Tensor]] = []
         sparse_seen = False
@@ -281,30 +302,44 @@ class Bucket:
                     sparse.append((j, g))
                 else:
                     # lazy_mode=False: absent rows count as zero gradient (Paddle), i.e. the
-                    # dense update of the densified gradient (to_dense makes no host sync).
+                    # dense update of the densified gradient (deterministic, no host sync).
                     out[j] = L.dense_grad(g)
                     changed.append(j)
                 continue
             ref = refs[j]
             p = params[j]
+            # The identity of the gradient and of both storages, and both shapes: a param
+            # whose data was replaced (another size, dtype or storage) or a gradient that is
+            # not the one the table row describes is validated again before anything runs.
             if (ref is None or ref() is not g or g.data_ptr() != gptrs[j]
-                    or p.data_ptr() != pptrs[j] or not g.is_contiguous()
-                    or not p.is_contiguous()):
+                    or p.data_ptr() != pptrs[j] or p.shape != shapes[j]
+                    or g.shape != shapes[j] or p.dtype != self.param_dtype
+                    or not g.is_contiguous() or not p.is_contiguous()):
                 out[j] = self._validate(j, g if dgrads is None else dgrads[j])
                 changed.append(j)
         active = tuple(g is not None for g in out)
         created = ([j for j, a in enumerate(active) if a and not self.created[j]]
                    if active != self._created_key else [])
         created += [j for j, _ in sparse if not self.created[j]]
-        return StepPlan(out, active, created, changed, sparse, sparse_seen)
+        reload_master = []
+        if self._seen_version is not None:
+            # A param written outside the optimizer (its version counter moved, or its
+            # storage was replaced) is the new truth: its master is re-read from it.
+            seen, seen_ptr = self._seen_version, self._seen_ptr
+            updated = [j for j, g in enumerate(out) if g is not None] + [j for j, _ in sparse]
+            reload_master = [j for j in updated if self.created[j] and (
+                params[j]._version != seen[j] or params[j].data_ptr() != seen_ptr[j])]
+        return StepPlan(out, active, created, changed, sparse, sparse_seen, reload_master)
 
     def _validate_sparse(self, j: int, g: torch.Tensor) -> torch.Tensor:
+        """Check member ``j``'s sparse COO gradient; returns it with contiguous values."""
         p = self.params[j]
         what = self.configs[j].what
         if self.has_dtensors and D.is_dtensor(p):
             raise NotImplementedError(f"{what} is a DTensor (sharded) parameter with a sparse "
                                       "gradient: sparse gradients of DTensor parameters are not "
                                       "supported")
+        self._check_param(j, p)
         if g.shape != p.shape or g.device != p.device:
             raise ValueError(f"{what}: sparse gradient {tuple(g.shape)} on {g.device} does "
                              f"not match the parameter {tuple(p.shape)} on {p.device}")
@@ -319,6 +354,24 @@ class Bucket:
             raise NotImplementedError(f"{what}: gradient clipping of sparse gradients is not "
                                       "supported yet")
         backend.check_runnable(p, what)
+        indices = g._indices()
+        if indices.dtype != torch.int64:
+            raise TypeError(f"{what}: sparse gradient indices are {indices.dtype}, expected "
+                            "int64")
+        L.check_launchable(p, g)
+        if indices.device.type == "cpu" and indices.numel():
+            # Row ids outside the table would be skipped by the kernels (they cannot raise);
+            # on the host they can be checked for free. (On a GPU that check would be a host
+            # sync: there they are skipped, as torch leaves them unchecked too.)
+            low, high = torch.aminmax(indices)
+            if int(low) < 0 or int(high) >= p.shape[0]:
+                raise IndexError(f"{what}: sparse gradient row ids must be in [0, "
+                                 f"{p.shape[0]}), got ids from {int(low)} to {int(high)}")
+        values = g._values()
+        if not values.is_contiguous():
+            # A view of the same entries with contiguous values (no host sync, no check).
+            g = torch.sparse_coo_tensor(indices, values.contiguous(), g.shape,
+                                        is_coalesced=g.is_coalesced())
         return g
 
     # ---------------------------------------------------------------------------- launches
@@ -356,21 +409,51 @@ class Bucket:
         """
         if not any(plan.active) and not plan.sparse:
             return  # no launch, no pow advance: nothing of this bucket had a gradient
+        # Checked by the optimizer for every bucket before the first launch of a step; here
+        # only as a guard for direct callers.
         if plan.sparse and (grad_scale is not None or found_inf is not None):
             raise NotImplementedError("AMP (grad_scale / found_inf) with sparse gradients is "
                                       "not supported yet")
         if self.clip_scale and clip_scales is None:
             raise ValueError("this bucket clips by norm: the step's clip scales are needed")
-        if self._tensor_hypers:
-            self._refresh_tensor_hypers()
-        if plan.created:
-            self._create(plan.created)
-        self._created_key = plan.active
-        if self.multi_tensor:
-            self._launch_multi(plan, lr, clip_scales, grad_scale, found_inf)
-        else:
-            self._launch_each(plan, lr, clip_scales, grad_scale, found_inf)
+        with C.device_guard(self.device):
+            if self._tensor_hypers:
+                self._refresh_tensor_hypers()
+            if plan.created:
+                self._create(plan.created)
+            for j in plan.reload_master:
+                self.state_view(self.master, j).copy_(self.locals[j])
+            self._created_key = plan.active
+            if self.multi_tensor:
+                self._launch_multi(plan, lr, clip_scales, grad_scale, found_inf)
+            else:
+                self._launch_each(plan, lr, clip_scales, grad_scale, found_inf)
         self._launched = True
+        self._written(plan)
+
+    def _written(self, plan: StepPlan) -> None:
+        """Tell autograd that the kernels wrote the updated params and the state in place
+        (their version counters move, so a backward through a graph that saved a param
+        before the step raises, as with torch.optim), and remember the params' versions
+        after this write (master-weight buckets: the next step compares them)."""
+        updated = [self.locals[j] for j, g in enumerate(plan.grads) if g is not None]
+        updated += [self.locals[j] for j, _ in plan.sparse]
+        buffers = [b for b in (self.moment1, self.moment2, self.moment2_max, self.master,
+                               self.pows) if b is not None]
+        _increment_version(updated + buffers)
+        if self._seen_version is not None:
+            for j in [j for j, g in enumerate(plan.grads) if g is not None] + \
+                    [j for j, _ in plan.sparse]:
+                self._seen_version[j] = self.locals[j]._version
+                self._seen_ptr[j] = self.locals[j].data_ptr()
+
+    def adopt_params(self) -> None:
+        """Take the params as they are now as the optimizer's own last write: called after
+        the state (master weights included) was loaded, so that a param written before the
+        load (the model's own checkpoint) does not override the loaded master."""
+        if self._seen_version is not None:
+            self._seen_version = [p._version for p in self.locals]
+            self._seen_ptr = [p.data_ptr() for p in self.locals]
 
     def _launch_each(self, plan: StepPlan, lr: float, clip_scales: torch.Tensor | None,
                      grad_scale: torch.Tensor | None, found_inf: torch.Tensor | None) -> None:
@@ -435,9 +518,6 @@ class Bucket:
             self._chunk_table = _upload(_chunk_rows(self.numels, plan.active), self.device)
             self._chunk_key = plan.active
         if stale:
-            rows = table[table[:, K.COL_ACTIVE] != 0]
-            addrs = rows[:, [K.COL_PARAM_ADDR, K.COL_GRAD_ADDR]]
-            self._aligned = bool(np.all(addrs % 16 == 0))
             self._device_table = _upload(table, self.device)
         assert self._device_table is not None and self._chunk_table is not None
         return self._device_table, self._chunk_table
@@ -449,7 +529,7 @@ class Bucket:
         K.adam_update_tensor_list_(
             table, chunks, self.moment1, self.moment2, self.moment2_max, self.hyper,
             self.pows[s], self.pows[1 - s], lr=lr, param_dtype=self.param_dtype,
-            grad_dtype=self.grad_dtype, aligned=self._aligned,
+            grad_dtype=self.grad_dtype, aligned=True,  # each row's addresses decide, on the device
             coupled_decay=self.coupled_decay, decoupled_decay=self.decoupled_decay,
             clip_scales=clip_scales if self.clip_scale else None, clip_value=self.clip_value,
             master=self.master, grad_scale=grad_scale, found_inf=found_inf)
@@ -458,11 +538,6 @@ class Bucket:
         for j, g in plan.sparse:
             self._launch_sparse(j, g, s, lr)
         self.slot = 1 - s
-
-    @property
-    def aligned(self) -> bool:
-        """Every address of the current table is 16-byte aligned (valid after sync_tables)."""
-        return self._aligned
 
     def norm_chunks(self, active: Sequence[bool], chunk_size: int
                     ) -> tuple[np.ndarray, dict[int, tuple[int, int]]]:
@@ -502,13 +577,18 @@ def _chunk_rows(numels: Sequence[int], members: Sequence[bool] | Sequence[int],
 
 
 def _upload(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """A host table on ``device``: from pinned memory and asynchronous on CUDA."""
-    host = torch.from_numpy(np.ascontiguousarray(array).copy())
-    if device.type == "cuda":
-        # A fresh pinned buffer per upload: the caching host allocator keeps it alive until
-        # the copy has run, so the host may rebuild the next table at once.
-        return host.pin_memory().to(device, non_blocking=True)
-    return host.to(device)
+    """A launch table on ``device``, uploaded without a host sync (``kernels.common.upload``);
+    one function, so that tests can count table rebuilds."""
+    return C.upload(array, device)
+
+
+def _increment_version(tensors: list[torch.Tensor]) -> None:
+    """Bump the autograd version counters of ``tensors`` (one call for all of them)."""
+    try:
+        torch.autograd.graph.increment_version(tensors)
+    except TypeError:  # torch releases whose increment_version takes one tensor
+        for t in tensors:
+            torch.autograd.graph.increment_version(t)
 
 
 def grad_dtype_of(param: torch.Tensor) -> torch.dtype:

@@ -33,10 +33,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from triton_adam import distributed as D
 from triton_adam.buckets import Bucket, StepPlan, _upload
+from triton_adam.kernels import common as C
 from triton_adam.kernels import norm as N
 
 
@@ -81,8 +83,8 @@ class DeviceClipper:
             [(ranges.get(o + 1, []), mode) for o, (mode, _) in enumerate(self.outputs)], device)
         self._passes = passes
         self._partials = torch.empty(offset, dtype=acc, device=device)
-        clip_norms = torch.tensor([c for _, c in self.outputs], dtype=torch.float64,
-                                  device=device)
+        clip_norms = C.upload(np.asarray([c for _, c in self.outputs], dtype=np.float64),
+                              device)
         norms = torch.empty(len(self.outputs), dtype=acc, device=device)
         self._tables = (segments, outputs, clip_norms, norms)
         self._scales = torch.ones(len(self.outputs) + 1, dtype=acc, device=device)
@@ -101,25 +103,28 @@ class DeviceClipper:
             self._rebuild(work)
             self._key = key
         assert self._partials is not None and self._scales is not None
-        for bucket, rows, part in self._passes:
-            N.sum_squares_tensor_list_(
-                bucket.sync_tables(_plan_of(work, bucket))[0], rows, self._partials[part],
-                grad_dtype=bucket.grad_dtype, aligned=bucket.aligned,
-                chunk_size=N.NORM_CHUNK_SIZE)
-        if grad_scale is not None and len(self._partials):
-            self._partials.mul_(grad_scale.reshape(()).to(self._partials.device,
-                                                          self._partials.dtype).reciprocal().square())
-        segments, outputs, clip_norms, norms = self._tables
-        if self._group is None:
-            N.clip_scales_(self._partials, segments, outputs, clip_norms, norms,
-                           self._scales[1:])
-        else:
-            # norms first receives this rank's sums of squares (owned members only), then
-            # their sum over the ranks, from which the second half writes the global norms
-            # (in place) and the scales. The unscaling above is linear, so it commutes.
-            N.output_sums_(self._partials, segments, outputs, norms)
-            D.all_reduce_sum_(norms, self._group)
-            N.scales_from_sums_(norms, outputs, clip_norms, self._scales[1:])
+        with C.device_guard(self._partials.device):
+            for bucket, rows, part in self._passes:
+                N.sum_squares_tensor_list_(
+                    bucket.sync_tables(_plan_of(work, bucket))[0], rows, self._partials[part],
+                    grad_dtype=bucket.grad_dtype,
+                    aligned=True,  # each row's address decides, on the device
+                    chunk_size=N.NORM_CHUNK_SIZE)
+            if grad_scale is not None and len(self._partials):
+                # grad_scale is already on the partials' device (the optimizer moved it).
+                self._partials.mul_(
+                    grad_scale.reshape(()).to(dtype=self._partials.dtype).reciprocal().square())
+            segments, outputs, clip_norms, norms = self._tables
+            if self._group is None:
+                N.clip_scales_(self._partials, segments, outputs, clip_norms, norms,
+                               self._scales[1:])
+            else:
+                # norms first receives this rank's sums of squares (owned members only), then
+                # their sum over the ranks, from which the second half writes the global norms
+                # (in place) and the scales. The unscaling above is linear, so it commutes.
+                N.output_sums_(self._partials, segments, outputs, norms)
+                D.all_reduce_sum_(norms, self._group)
+                N.scales_from_sums_(norms, outputs, clip_norms, self._scales[1:])
         return self._scales
 
     def norms(self) -> torch.Tensor | None:
