@@ -39,7 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import device_guard, interpreting
+from .common import check_interpretable, device_guard, interpreting
 
 # 1024 elements per program with 4 warps: 8 contiguous elements per thread, i.e. two 16-byte
 # vector accesses per fp32 stream (one per fp64 stream), the shape measured to keep 16-byte
@@ -554,6 +554,7 @@ def adam_update_(
         found_inf: AMP's overflow flag (1 element, device): when nonzero nothing changes
             (param, master, moments; the pows are copied, not advanced).
     """
+    check_interpretable(param.device)  # first: the checks below read device tensors' metadata
     cdtype = compute_dtype_for(param.dtype)
     _check(param.dtype in _TRITON_DTYPES, lambda:
            f"param dtype {param.dtype} is not float32, float64, float16 or bfloat16")
@@ -670,6 +671,7 @@ def adam_update_tensor_list_(
             the moments; or None.
         grad_scale, found_inf: AMP's loss scale and overflow flag, as in ``adam_update_``.
     """
+    check_interpretable(exp_avg.device)
     cdtype = exp_avg.dtype
     _check_grad_dtype(param_dtype, grad_dtype)
     if master is not None:

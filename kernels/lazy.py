@@ -72,7 +72,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import device_guard
+from .common import check_interpretable, device_guard
 from .adam import (
     FP_FUSION,
     HYPER_BETA1,
@@ -307,6 +307,7 @@ def sparse_adam_update_(
             rounded to nearest. Without it a half param is computed in fp32 from its own
             values (Paddle's behaviour without ``multi_precision``).
     """
+    check_interpretable(param.device)
     _check(grad.layout == torch.sparse_coo, lambda: f"grad layout {grad.layout} is not "
            "torch.sparse_coo (a dense gradient takes kernels.adam.adam_update_)")
     _check(param.dtype in _FLOAT_DTYPES, lambda: f"param dtype {param.dtype} is not one of "

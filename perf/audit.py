@@ -69,8 +69,9 @@ def audit(spec: compile_check.Specialization, target: str, workdir: str) -> dict
         "spill_bytes": result.local_bytes,
         "spill_instructions": result.spill_instructions,
         "problems": list(result.problems),
-        # The unaligned fallback cannot promise 16-byte alignment: scalar access is its design.
+        # The scalar-only specialization promises no 16-byte access: scalar access is its design.
         "vector_required": spec.vector_access,
+        "note": spec.note,
     }
     row["bytes_per_element"] = row["load_bytes_per_element"] + row["store_bytes_per_element"]
     row["ratio"] = row["bytes_per_element"] / floor.total
@@ -129,18 +130,18 @@ def summary(rows: list[dict]) -> str:
     bytes-per-element pair and access width among its variants, max registers, spills."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        key = (r["kernel"], r["floor_mode"], r.get("vector_required", True))
+        key = (r["kernel"], r["floor_mode"], r.get("note", ""))
         groups.setdefault(key, []).append(r)
     lines = ["| kernel | floor mode | variants x targets | load+store B/elem | floor | "
              "access B, full blocks | regs (max) | spill B | ok |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for (kernel, mode, vector), rs in groups.items():
+    for (kernel, mode, note), rs in groups.items():
         moved = ", ".join(f"{ld:g}+{st:g}" for ld, st in sorted(
             {(x["load_bytes_per_element"], x["store_bytes_per_element"]) for x in rs}))
         widths = ", ".join(f"{a}-{b}" for a, b in sorted(
             {(x["narrowest_access"], x["widest_access"]) for x in rs}))
         f = rs[0]
-        lines.append(f"| {kernel} | {mode}{'' if vector else ' (unaligned fallback)'} | "
+        lines.append(f"| {kernel} | {mode}{f' ({note})' if note else ''} | "
                      f"{len(rs)} | {moved} | {f['floor_load']}+{f['floor_store']}="
                      f"{f['floor']} | {widths} | {max(x['registers'] for x in rs)} | "
                      f"{sum(x['spill_bytes'] for x in rs)} | "

@@ -51,6 +51,8 @@ class Specialization:
     elements_per_program: int = field(kw_only=True)
     floor_mode: str = field(kw_only=True)  # the row of perf/floors.py FLOORS to meet
     vector_access: bool = field(default=True, kw_only=True)  # full blocks use 16-byte access
+    # Why this row is in the audit when its name alone does not say (the summary shows it).
+    note: str = field(default="", kw_only=True)
 
     def source(self) -> ASTSource:
         names = self.kernel.arg_names
@@ -131,10 +133,14 @@ def adam_specializations() -> list[Specialization]:
 def tensor_list_specializations() -> list[Specialization]:
     """Every variant of the multi-tensor update (``use_multi_tensor=True``).
 
-    Parameter dtype x amsgrad x coupled decay x decoupled decay with 16-byte-aligned table
-    addresses (what the bucket finds for allocator-made tensors), plus the unaligned fallback
-    for each dtype (views at odd offsets). The kernel's buffers (tables, flat state) are the
-    optimizer's own allocations, so the JIT marks them divisible by 16.
+    Parameter dtype x amsgrad x coupled decay x decoupled decay, as the optimizer launches
+    them (``aligned=True``: each table row's own addresses decide on the device between the
+    16-byte full-block path and the scalar masked path), plus the scalar-only specialization
+    (``aligned=False``) for each dtype. The ``mixed-alignment`` rows are the specialization a
+    bucket with an unaligned member (a view at an odd offset, an FSDP2 gradient shard) and
+    aligned ones launches: the same one, since alignment is decided per row; the audit shows
+    that the aligned rows keep 16-byte access there. The kernel's buffers (tables, flat
+    state) are the optimizer's own allocations, so the JIT marks them divisible by 16.
     """
     specs = []
     pointer_args = ["tensor_table_ptr", "chunk_table_ptr", "exp_avg_ptr", "exp_avg_sq_ptr",
@@ -143,6 +149,7 @@ def tensor_list_specializations() -> list[Specialization]:
     variants = [(d, a, c, w, True, False) for d, a, c, w in itertools.product(
         (torch.float32, torch.float64), (False, True), (False, True), (False, True))]
     variants += [(d, False, False, False, False, False) for d in (torch.float32, torch.float64)]
+    variants += [(d, False, False, False, "mixed", False) for d in (torch.float32, torch.float64)]
     variants += [(d, a, False, False, True, True) for d in (torch.float32, torch.float64)
                  for a in (False, True)]
     variants = [(d, d, a, c, w, al, cl, None) for d, a, c, w, al, cl in variants]
@@ -154,7 +161,7 @@ def tensor_list_specializations() -> list[Specialization]:
         c_ty = _TRITON_TYPE[adam.compute_dtype_for(dtype)]
         master, amp = mp in ("master", "master amp"), mp == "master amp"
         constexprs = adam.tensor_list_constexprs(
-            param_dtype=dtype, grad_dtype=grad, aligned=aligned, amsgrad=amsgrad,
+            param_dtype=dtype, grad_dtype=grad, aligned=bool(aligned), amsgrad=amsgrad,
             coupled_decay=coupled, decoupled_decay=decoupled, clip_scale=clip, clip_value=clip,
             master=master, unscale=amp, skip_on_inf=amp)
         signature = {
@@ -168,12 +175,15 @@ def tensor_list_specializations() -> list[Specialization]:
         mode = " ".join([p_ty] + ([f"grad:{_TRITON_TYPE[grad]}"] if grad != dtype else [])
                         + ([mp] if mp else []) + ["amsgrad"] * amsgrad
                         + ["coupled-decay"] * coupled + ["decoupled-decay"] * decoupled
-                        + ["clip"] * clip + ([] if aligned else ["unaligned"]))
+                        + ["clip"] * clip + ([] if aligned else ["unaligned"])
+                        + (["mixed-alignment"] if aligned == "mixed" else []))
         specs.append(Specialization(
             adam._adam_tensor_list_kernel, f"tensor-list {mode}", signature, constexprs,
             tuple(pointer_args), num_warps=adam.NUM_WARPS,
             elements_per_program=constexprs["BLOCK"],
-            floor_mode=_floor_mode(dtype, grad, amsgrad, mp), vector_access=aligned))
+            floor_mode=_floor_mode(dtype, grad, amsgrad, mp), vector_access=bool(aligned),
+            note={"mixed": "aligned rows of a bucket with an unaligned member",
+                  False: "scalar-only specialization"}.get(aligned, "")))
     return specs
 
 

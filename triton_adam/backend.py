@@ -44,21 +44,25 @@ def check_runnable(tensor: torch.Tensor, what: str) -> None:
 
 
 def check_not_capturing(devices: Iterable[torch.device]) -> None:
-    """Refuse a step while a CUDA graph is being captured on one of ``devices``.
+    """Refuse a step while a CUDA graph is being captured on the current device or on one of
+    ``devices`` (the parameters').
 
     A captured step would replay with this step's learning rate and beta-pow slot baked in
     (both are host values chosen at launch): silently wrong from the second replay on. Costs
     nothing when CUDA was never initialised (then nothing can be capturing)."""
     if not torch.cuda.is_initialized():
         return
-    for device in devices:
-        if device.type != "cuda":
-            continue
-        with torch.cuda.device(device):
+    where = [None] + sorted({d for d in devices if d.type == "cuda"}, key=str)
+    for device in where:
+        if device is None:
             capturing = torch.cuda.is_current_stream_capturing()
+        else:
+            with torch.cuda.device(device):
+                capturing = torch.cuda.is_current_stream_capturing()
         if capturing:
             raise RuntimeError(
-                f"step() called while a CUDA graph is being captured on {device}: this step "
-                "is not capturable (its learning rate and beta-pow slot are host values, and "
-                "a replay would repeat them). Run the optimizer step outside the captured "
-                "region; nothing was updated")
+                f"step() called while a CUDA graph is being captured"
+                f"{'' if device is None else f' on {device}'}: this step is not capturable "
+                "(its learning rate and beta-pow slot are host values, and a replay would "
+                "repeat them). Run the optimizer step outside the captured region; nothing "
+                "was updated")
