@@ -11,9 +11,9 @@ from triton_adam.io import load, save
 from triton_adam.optimizer import Adam, AdamW
 from triton_adam.param_attr import param_name, set_param_attr
 from triton_adam.regularizer import L1Decay, L2Decay
-from triton_adam.state import MissingStateError, StateDictError
+from triton_adam.state import MissingStateError, StateDictError, StateDictTypeError
 
 __all__ = ["Adam", "AdamW", "ClipGradByGlobalNorm", "ClipGradByNorm", "ClipGradByValue",
-           "L1Decay", "MissingStateError", "StateDictError", "L2Decay", "load", "lr", "param_name", "save",
-           "set_param_attr"]
+           "L1Decay", "L2Decay", "MissingStateError", "StateDictError", "StateDictTypeError",
+           "load", "lr", "param_name", "save", "set_param_attr"]
 __version__ = "0.1.0"

@@ -41,6 +41,7 @@ rank. ``gather_full_state`` turns them into the single-process state (a collecti
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -60,6 +61,9 @@ __all__ = [
 # moments are shaped like the parameter (sharded like it), the pows are per-parameter scalars.
 MOMENT_ACCUMULATORS = ("moment1", "moment2", "moment2_max")
 ACCUMULATORS = MOMENT_ACCUMULATORS + ("beta1_pow_acc", "beta2_pow_acc")
+# An accumulator key, as triton_adam.state reads it: any trailing counter (``_1`` from a
+# process that had built another optimizer; set_state_dict accepts it), a greedy prefix.
+_ACC_KEY = re.compile(r"(.+)_(" + "|".join(ACCUMULATORS) + r")_(\d+)", re.DOTALL)
 
 
 def _dtensor_type() -> type | None:
@@ -278,21 +282,23 @@ def local_shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return shard.contiguous().clone()
 
 
-def _split_key(key: str, params: Mapping[str, torch.Tensor]) -> tuple[str, str] | None:
-    """``(param_name, accumulator)`` of a state_dict key, by the longest matching name."""
-    for acc in ACCUMULATORS:
-        suffix = f"{acc}_0"
-        if key.endswith(suffix):
-            head = key[:-len(suffix)]
-            names = [n for n in params if head.startswith(f"{n}_")]
-            if names:
-                return max(names, key=len), acc
-    return None
+def _split_key(key: object, params: Mapping[str, torch.Tensor]) -> tuple[str, str] | None:
+    """``(param_name, accumulator)`` of a state_dict key: the longest parameter name that is
+    the key's prefix or starts it followed by ``_`` (``{name}_fp32_master_{N}``, or an
+    optimizer ``name``); None if the key is no accumulator's or names no parameter."""
+    m = _ACC_KEY.fullmatch(key) if isinstance(key, str) else None
+    if m is None:
+        return None
+    head, acc = m.group(1), m.group(2)
+    names = [n for n in params if head == n or head.startswith(f"{n}_")]
+    return (max(names, key=len), acc) if names else None
 
 
 def _as_tensor(value: Any) -> Any:
     """A numpy array as a tensor (shares memory); anything else as it is."""
     if isinstance(value, np.ndarray):
+        if not value.dtype.isnative:  # torch takes native byte order only
+            value = value.astype(value.dtype.newbyteorder("="))
         return torch.from_numpy(np.ascontiguousarray(value))
     return value
 
@@ -301,7 +307,22 @@ def _map_state(state: Mapping[str, Any], params: Mapping[str, torch.Tensor],
                fn: Any) -> dict[str, Any]:
     """``state`` with ``fn(value, param)`` applied to every moment and master weight (the
     values shaped like their parameter); pows, ``'LR_Scheduler'`` and other keys as they are.
-    numpy arrays (``triton_adam.load(..., return_numpy=True)``) are taken as tensors."""
+    numpy arrays (``triton_adam.load(..., return_numpy=True)``) are taken as tensors.
+
+    Raises ``TypeError`` if ``state`` or ``params`` is not a Mapping (``params``: of str names
+    to tensors), ``ValueError`` if a tensor's key (any counter, ``_0``, ``_1``, ...) or a
+    master weight names no parameter of ``params``. The three public helpers share it."""
+    if not isinstance(state, Mapping):
+        raise TypeError(f"state must be an optimizer state dict (a Mapping such as "
+                        f"opt.state_dict()), got {type(state).__name__}")
+    if not isinstance(params, Mapping):
+        raise TypeError(f"params must be a Mapping of parameter name (as in the state_dict "
+                        f"keys) -> parameter, such as dict(model.named_parameters()), got "
+                        f"{type(params).__name__}")
+    for name, param in params.items():
+        if not isinstance(name, str) or not isinstance(param, torch.Tensor):
+            raise TypeError(f"params[{name!r}] must map a str name to a parameter tensor, got "
+                            f"{type(name).__name__} -> {type(param).__name__}")
     out: dict[str, Any] = {}
     for key, value in state.items():
         if key == "master_weights" and isinstance(value, Mapping):
@@ -311,7 +332,11 @@ def _map_state(state: Mapping[str, Any], params: Mapping[str, torch.Tensor],
                 if name not in params:
                     raise ValueError(f"state_dict['master_weights'][{name!r}] names no "
                                      "parameter of the given mapping")
-                masters[name] = fn(_as_tensor(master), params[name])
+                master = _as_tensor(master)
+                if not isinstance(master, torch.Tensor):
+                    raise TypeError(f"state_dict['master_weights'][{name!r}] is a "
+                                    f"{type(master).__name__}; expected a tensor")
+                masters[name] = fn(master, params[name])
             out[key] = masters
             continue
         if key != "LR_Scheduler" and isinstance(value, np.ndarray):

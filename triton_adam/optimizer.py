@@ -10,6 +10,7 @@ device row per parameter, and the beta pows advance on the device (see ``_ParamS
 from __future__ import annotations
 
 import math
+import reprlib
 import warnings
 from collections.abc import Callable, Iterable
 
@@ -25,6 +26,7 @@ from triton_adam.kernels import norm as _norm_kernels
 from triton_adam.param_attr import (param_lr_scale, param_name, param_need_clip,
                                     param_regularizer)
 from triton_adam.param_groups import parse_parameters
+from triton_adam import backend
 from triton_adam import distributed as _dist
 from triton_adam import state as _state
 from triton_adam.regularizer import L1Decay, L2Decay, WeightDecayRegularizer
@@ -32,10 +34,23 @@ from triton_adam.regularizer import L1Decay, L2Decay, WeightDecayRegularizer
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
+class ReadOnlyGroup(dict):
+    """A parameter group as ``param_groups`` shows it: reading works, writing raises (a write
+    would not reach the optimizer, and a silently ignored ``lr`` is worse than an error)."""
+
+    def _refuse(self, *args: object, **kwargs: object) -> None:
+        raise TypeError(
+            "param_groups of triton_adam.Adam/AdamW (Paddle's API) are read-only: set the "
+            "learning rate with set_lr() or an LRScheduler, and per-group options in the "
+            "'parameters' groups given to the constructor")
+
+    __setitem__ = __delitem__ = __ior__ = update = setdefault = pop = popitem = clear = _refuse
+
+
 def _on(t: torch.Tensor | None, bucket: Bucket) -> torch.Tensor | None:
     """An AMP tensor as the bucket's kernels read it (float32, on its device): a no-op for
-    GradScaler's own tensors; no host sync either way (a CPU scalar to CUDA is an async
-    copy)."""
+    GradScaler's own tensors (``_launch`` has checked that it is on the parameters' kind of
+    device; a copy between two GPUs is asynchronous)."""
     if t is None:
         return None
     t = t.reshape(1)
@@ -62,13 +77,19 @@ def _check_beta(value: float | torch.Tensor, name: str) -> None:
         if value.numel() != 1 or not value.is_floating_point():
             raise TypeError(f"{name} given as a tensor must be a floating tensor with one "
                             f"element, got shape {tuple(value.shape)} and dtype {value.dtype}")
+        if value.device.type == "meta" or value.layout != torch.strided:
+            # The kernels read the value from the tensor's memory at every step.
+            got = ("on the meta device, which holds no value" if value.device.type == "meta"
+                   else f"a {value.layout} tensor")
+            raise ValueError(f"{name} is a tensor {got}; expected a dense 1-element tensor "
+                             "holding its value, on the parameters' device")
         value = value.detach().reshape(()).item()
     elif isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a float or a 1-element tensor, got "
                         f"{type(value).__name__}")
-    if name == "epsilon":
+    if name.endswith("epsilon") or name.endswith("epsilon']"):
         if not value >= 0:
-            raise ValueError("Invalid value of epsilon, expect epsilon >= 0.")
+            raise ValueError(f"Invalid value of {name}, expect {name} >= 0.")
     elif not 0 <= value < 1:
         raise ValueError(f"Invalid value of {name}, expect {name} in [0,1).")
 
@@ -93,7 +114,7 @@ class _AdamBase:
             opts = group.options
             for arg in ("beta1", "beta2", "epsilon"):
                 if arg in opts:
-                    _check_beta(opts[arg], arg)
+                    _check_beta(opts[arg], f"parameters[{g}]['{arg}']")
             _check_grad_clip(opts.get("grad_clip"), f"parameters[{g}]['grad_clip']")
             scale = opts.get("learning_rate", 1.0)
             if isinstance(scale, bool) or not isinstance(scale, (int, float)) \
@@ -136,12 +157,51 @@ class _AdamBase:
         self._clipper = DeviceClipper(group=self._norm_rule.group)
         self._clip_entry_of_group: dict[int, int] = {}  # group -> its global-norm output
         self._index_of = {id(p): i for i, p in enumerate(self._parameter_list)}
+        self._check_no_shared_memory()
+        # The devices a step launches on (the capture check looks at each).
+        self._devices = {_dist.local_tensor(p).device for p in self._parameter_list}
         # Buckets are built at the first step (so attributes set after construction count),
         # from the trainable parameters of that time; a parameter that first gets a gradient
         # later joins a new bucket.
         self._buckets: list[Bucket] = []
         self._where: dict[int, tuple[Bucket, int]] = {}  # id(param) -> (bucket, member)
         self._unbucketed: list[torch.Tensor] = list(self._parameter_list)
+
+    def _check_no_shared_memory(self) -> None:
+        """Two parameters whose storage overlaps would race in one multi-tensor launch (and
+        update the shared elements twice per step): refuse them, naming both."""
+        spans = []
+        for i, p in enumerate(self._parameter_list):
+            t = _dist.local_tensor(p)
+            size = t.numel() * t.element_size()
+            if size and t.device.type != "meta":
+                spans.append(((t.device.type, t.device.index or 0), t.data_ptr(),
+                              t.data_ptr() + size, i))
+        spans.sort(key=lambda span: (span[0], span[1]))
+        reach: tuple | None = None  # (device, end, index) of the span reaching furthest
+        for device, start, end, i in spans:
+            if reach is not None and reach[0] == device and start < reach[1]:
+                raise ValueError(
+                    f"parameters '{self._param_name(reach[2])}' and '{self._param_name(i)}' "
+                    "share memory (one is a view of the other, or both view one storage): "
+                    "their updates would race. Pass each storage once (tied weights as one "
+                    "parameter)")
+            if reach is None or reach[0] != device or end > reach[1]:
+                reach = (device, end, i)
+
+    # ----------------------------------------------------------------------------- pickling
+    def __reduce_ex__(self, protocol: object) -> object:
+        """Refuse ``pickle`` and ``copy``: a copy would hold copies of the parameters (not the
+        model's) and device buffers addressed by launch tables; the state travels as
+        ``state_dict()``."""
+        raise TypeError(
+            f"a triton_adam {type(self).__name__} optimizer cannot be pickled or copied (its "
+            "state lives in device buffers tied to the model's parameters): save "
+            "opt.state_dict() instead, e.g. triton_adam.save(opt.state_dict(), path), and load "
+            "it into a new optimizer over the model with opt.set_state_dict(...)")
+
+    def __getstate__(self) -> object:
+        return self.__reduce_ex__(None)
 
     # ----------------------------------------------------------------- decay, per subclass
     def _check_group_weight_decay(self, options: dict, g: int) -> None:
@@ -302,9 +362,13 @@ class _AdamBase:
     def set_state_dict(self, state_dict: dict) -> None:
         """Load accumulators saved by ``state_dict()`` (here or by Paddle), matched by key.
 
-        See ``triton_adam.state.set_state_dict`` for the rules (Paddle's section 7).
+        See ``triton_adam.state.set_state_dict`` for the rules (Paddle's section 7). Loaded
+        master weights win over the parameters' current values (as in Paddle), also when the
+        model's own weights were loaded into the parameters just before.
         """
         _state.set_state_dict(self, state_dict)
+        for bucket in self._buckets:
+            bucket.adopt_params()
 
     # -------------------------------------------------------------------------------- step
     def _params_and_grads(
@@ -321,6 +385,7 @@ class _AdamBase:
     @torch.no_grad()
     def _apply(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Update the params of ``pairs`` with their grads: validate all, then launch."""
+        backend.check_not_capturing(self._devices)
         for param, _ in pairs:
             if id(param) not in self._index_of:
                 raise ValueError("a parameter passed to minimize() is not managed by this "
@@ -333,14 +398,31 @@ class _AdamBase:
     def _launch(self, plans: list, grad_scale: torch.Tensor | None = None,
                 found_inf: torch.Tensor | None = None) -> None:
         # Every bucket is validated before the first launch, so bad input changes nothing.
+        devices = sorted({bucket.device.type for bucket, _ in plans})
         for name, t in (("grad_scale", grad_scale), ("found_inf", found_inf)):
-            if t is not None and (not isinstance(t, torch.Tensor) or t.numel() != 1):
+            if t is None:
+                continue
+            if not isinstance(t, torch.Tensor) or t.numel() != 1:
+                got = (f"a tensor of shape {tuple(t.shape)}" if isinstance(t, torch.Tensor)
+                       else f"a {type(t).__name__}")
                 raise TypeError(f"{name} must be a 1-element tensor on the parameters' "
-                                f"device (no host sync), got {type(t).__name__}")
+                                f"device (no host sync), got {got}")
+            # The kernels read it from device memory: a meta tensor has none, and a tensor on
+            # another kind of device would be copied (a host sync) at every step.
+            if t.device.type == "meta" or t.layout != torch.strided \
+                    or (devices and t.device.type not in devices):
+                got = (f"a {t.layout} tensor" if t.layout != torch.strided
+                       else f"a tensor on {t.device}")
+                raise ValueError(f"{name} is {got}; expected a dense 1-element tensor on the "
+                                 f"parameters' device ({', '.join(devices)})")
         if not self._group_mode and getattr(self, "regularization", None) is not None \
                 and any(plan.sparse_seen for _, plan in plans):
             raise RuntimeError("Adam don't support weight_decay with sparse parameters, please "
                                "set it to None.")
+        if (grad_scale is not None or found_inf is not None) \
+                and any(plan.sparse for _, plan in plans):
+            raise NotImplementedError("AMP (grad_scale / found_inf) with sparse gradients "
+                                      "(lazy_mode) is not supported yet; nothing was updated")
         lr = self.get_lr()
         scales = None
         clipped = [(b, plan) for b, plan in plans if b.clip_scale and any(plan.active)]
@@ -349,7 +431,7 @@ class _AdamBase:
             # gradient; the updates multiply each gradient by its scale as they read it.
             for bucket, plan in clipped:
                 bucket.sync_tables(plan)
-            scales = self._clipper.scales(clipped, grad_scale)
+            scales = self._clipper.scales(clipped, _on(grad_scale, clipped[0][0]))
         for bucket, plan in plans:
             bucket.launch(plan, lr, scales, _on(grad_scale, bucket), _on(found_inf, bucket))
 
@@ -361,8 +443,12 @@ class _AdamBase:
     @property
     def param_groups(self) -> list[dict]:
         """PyTorch-style groups (``[{'params': [...]}, ...]``), for tools that walk an
-        optimizer's parameters (``torch.amp.GradScaler`` does)."""
-        return [{"params": list(group.params)} for group in self._groups]
+        optimizer's parameters (``torch.amp.GradScaler`` does).
+
+        Read-only: a write such as ``opt.param_groups[0]['lr'] = x`` raises ``TypeError``
+        (this Paddle-style optimizer takes its learning rate from ``set_lr`` or a scheduler;
+        a write here would otherwise be silently ignored)."""
+        return [ReadOnlyGroup(params=list(group.params)) for group in self._groups]
 
     @torch.no_grad()
     def step(self, *, grad_scale: torch.Tensor | None = None,
@@ -386,6 +472,7 @@ class _AdamBase:
             grad_scale = getattr(self, "grad_scale", None)
         if found_inf is None:
             found_inf = getattr(self, "found_inf", None)
+        backend.check_not_capturing(self._devices)
         # After the first step only the (usually no) parameters outside every bucket are
         # looked at here: the buckets check their own members.
         candidates = self._parameter_list if not self._buckets else self._unbucketed
@@ -555,10 +642,16 @@ class AdamW(_AdamBase):
                  grad_clip: object | None = None, lazy_mode: bool = False,
                  multi_precision: bool = False, amsgrad: bool = False,
                  name: str | None = None, use_multi_tensor: bool = False) -> None:
-        if isinstance(weight_decay, torch.Tensor) and weight_decay.numel() == 1:
+        if isinstance(weight_decay, torch.Tensor):
+            if weight_decay.numel() != 1 or weight_decay.device.type == "meta" \
+                    or weight_decay.layout != torch.strided:
+                raise TypeError("weight_decay given as a tensor must be a dense tensor holding "
+                                f"one element, got shape {tuple(weight_decay.shape)} "
+                                f"({weight_decay.layout}, on {weight_decay.device})")
             weight_decay = weight_decay.detach().reshape(()).item()  # once, at construction
         if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)):
-            raise TypeError("weight_decay should be int, float or Tensor.")
+            raise TypeError("weight_decay should be an int, a float or a 1-element tensor, got "
+                            f"{type(weight_decay).__name__}")
         if lr_ratio is not None and not callable(lr_ratio):
             raise TypeError("lr_ratio should be a callable lr_ratio(param) -> float")
         if apply_decay_param_fun is not None and not callable(apply_decay_param_fun):
@@ -591,4 +684,23 @@ class AdamW(_AdamBase):
     def _lr_ratio(self, param: torch.Tensor) -> float:
         if self._lr_ratio_fn is None:
             return 1.0
-        return float(self._lr_ratio_fn(param))
+        ratio = self._lr_ratio_fn(param)
+        # A number, or a 1-element tensor / array (read once: the ratio is kept on the device).
+        # A bool is refused (float(True) would silently be a ratio of 1), as is a str.
+        if isinstance(ratio, torch.Tensor):
+            ok = (ratio.numel() == 1 and ratio.layout == torch.strided
+                  and ratio.device.type != "meta" and ratio.dtype != torch.bool
+                  and not ratio.is_complex())
+            got = f"a tensor of shape {tuple(ratio.shape)} ({ratio.dtype}, on {ratio.device})"
+        elif isinstance(ratio, (np.ndarray, np.generic)):
+            ok = ratio.size == 1 and ratio.dtype.kind in "iuf"
+            got = f"a numpy {type(ratio).__name__} of shape {ratio.shape} ({ratio.dtype})"
+        else:
+            ok = isinstance(ratio, (int, float)) and not isinstance(ratio, bool)
+            got = f"a {type(ratio).__name__} ({reprlib.repr(ratio)})"
+        if not ok:
+            name = self._param_name(self._index_of[id(param)])
+            raise TypeError(f"lr_ratio returned {got} for parameter '{name}'; expected a "
+                            "float (or a 1-element tensor)")
+        return float(ratio.item() if isinstance(ratio, (torch.Tensor, np.ndarray, np.generic))
+                     else ratio)

@@ -1,12 +1,13 @@
 """How parameters are handed to an optimizer: a flat list, ``named_parameters()`` pairs, or groups.
 
-Paddle's ``parameters`` argument (``../shared/paddle-adam-semantics.md`` section 6) is either a
-list of tensors or a list of dicts, each with ``params`` and optional per-group options. This
-module turns either into a list of ``ParamGroup`` (a flat list is one group without options)
-and applies Paddle's checks: a set is a ``TypeError``, a group without ``params`` an
-``AssertionError`` (raised as ``MissingParamsError``, which is also a ``ValueError``), a
-parameter in two groups a ``ValueError``. **Decision**: the same tensor twice in a flat list
-is a ``ValueError`` too (Paddle updates it twice per step).
+Paddle's ``parameters`` argument is either a list of tensors or a list of dicts, each with
+``params`` and optional per-group options. This module turns either into a list of
+``ParamGroup`` (a flat list is one group without options) and applies Paddle's checks: a set
+is a ``TypeError``, a group without ``params`` an ``AssertionError`` (raised as
+``MissingParamsError``, which is also a ``ValueError``), a parameter in two groups a
+``ValueError``, a group whose ``params`` is neither a tensor nor an iterable of tensors (None, a
+number) a ``TypeError`` naming the group (Paddle's names nothing). **Decision**: the same
+tensor twice in a flat list is a ``ValueError`` too (Paddle updates it twice per step).
 
 ``(name, tensor)`` pairs, as ``model.named_parameters()`` yields, are accepted wherever a
 tensor is; the name is used for a parameter that has no name of its own.
@@ -88,6 +89,10 @@ def parse_parameters(parameters: object) -> tuple[list[ParamGroup], bool]:
             elif isinstance(params, set):
                 raise TypeError("optimizer parameters should be in ordered collections, but "
                                 "received set, please use list instead.")
+            elif isinstance(params, (str, bytes, dict)) or not isinstance(params, Iterable):
+                raise TypeError(f"parameters[{g}]['params'] is a {type(params).__name__}; "
+                                "expected a tensor or a list of tensors (or of (name, "
+                                "tensor) pairs)")
             pairs = [_unpack(x, f"parameters[{g}]['params'][{i}]")
                      for i, x in enumerate(params)]
             options = {k: v for k, v in group.items() if k != "params"}

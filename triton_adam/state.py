@@ -1,10 +1,9 @@
 """How optimizer state is named, exported and loaded: Paddle's ``state_dict`` keys and rules.
 
 Keys are ``f"{param_name}_{[opt_name_]}{acc}_{N}"`` for ``acc`` in ``moment1``, ``moment2``,
-``moment2_max`` (amsgrad), ``beta1_pow_acc``, ``beta2_pow_acc``
-(``../shared/paddle-adam-semantics.md`` section 7), plus ``'LR_Scheduler'`` when a scheduler
-drives the learning rate. A parameter with fp32 master weights (fp16/bf16 with
-``multi_precision``) has its accumulators under its master's name,
+``moment2_max`` (amsgrad), ``beta1_pow_acc``, ``beta2_pow_acc`` (Paddle's names), plus
+``'LR_Scheduler'`` when a scheduler drives the learning rate. A parameter with fp32 master
+weights (fp16/bf16 with ``multi_precision``) has its accumulators under its master's name,
 ``f"{param_name}_fp32_master_0_{[opt_name_]}{acc}_0"``, and its master in
 ``state_dict['master_weights'][param_name]``. Parameter names: see ``Adam._param_name``.
 
@@ -32,7 +31,11 @@ What ``set_state_dict`` here does: Paddle's outcomes for a complete, matching di
 found at load time instead of at a later step, and never half-loaded:
 
 * every entry is checked before anything is written: on any error nothing changes (moments,
-  pows, master weights, scheduler, and no state is created);
+  pows, master weights, scheduler, and no state is created). A value must be a dense tensor
+  that holds data (not sparse, nested, on the meta device, fake, or a DTensor), a numpy array
+  (any byte order: a big-endian float32 array is float32) or a Paddle tensor; anything else
+  is a ``StateDictTypeError`` naming the key. Every error is a ``StateDictError``, which is
+  also an ``AssertionError``, the type Paddle raises for the same mismatches;
 * a parameter that has state, or has some of its keys in the dict, must have all of them
   (``MissingStateError``, naming the keys); shapes and dtypes must be the state's
   (``StateDictError``, naming the key, the expected and the given);
@@ -43,12 +46,21 @@ found at load time instead of at a later step, and never half-loaded:
   error, as in Paddle, whose dict would never drain. (Paddle's own outcome depends on the
   order in which parameters are created; this one does not.)
 * keys are matched by name; the counter as said above; several other counters and no
-  ``_0`` is ambiguous (``StateDictError``);
+  ``_0`` is ambiguous (``StateDictError``). A key whose base is another parameter's is never
+  taken as this one's with other counters, so every name loads back, also names that look
+  like counters (``x_fp32_master_1`` beside a bf16 ``x`` with master weights);
+* two parameters whose keys would be the same (a parameter named like another's master
+  weight, ``w_fp32_master_0`` beside a bf16 ``w`` with master weights) are an error in
+  ``state_dict()`` and ``set_state_dict()`` (``ValueError`` naming both), not a silent
+  overwrite;
 * a parameter with master weights needs ``master_weights[param_name]`` with its
   accumulators (Paddle would silently rebuild the master from the rounded parameter);
 * values are copied in (never aliased); they may be torch tensors (any device), numpy arrays
   (``triton_adam.load(..., return_numpy=True)``, ``paddle.load(..., return_numpy=True)``) or
-  Paddle tensors (``paddle.load``);
+  Paddle tensors (``paddle.load``). A value that is a view of this optimizer's own state
+  (``opt.state_dict()`` with its keys moved around) is read before anything is written;
+* ``LR_Scheduler`` values must be numbers (or None, or nested dicts of them, as the
+  schedulers write) and give a finite learning rate;
 * loading before the first step creates the state at once: the optimizer's buckets are built
   at load time (as the first step would build them), so ``state_dict()`` returns the loaded
   values, as Paddle returns its held dict. Per-parameter attributes (``set_param_attr``,
@@ -71,7 +83,9 @@ same on every rank. ``triton_adam.distributed`` gathers a full state from the sh
 from __future__ import annotations
 
 import copy
+import math
 import re
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -102,12 +116,27 @@ _MOMENTS = (MOMENT1, MOMENT2, MOMENT2_MAX)
 _POWS = (BETA1_POW, BETA2_POW)
 # A Paddle accumulator key: prefix, accumulator, counter. ``moment2`` must not swallow
 # ``moment2_max``: the counter is digits only, so the regex backtracks to the longer name.
-_ACC_KEY = re.compile(r"(.+)_(moment1|moment2|moment2_max|beta1_pow_acc|beta2_pow_acc)_(\d+)")
-_MASTER_IN_PREFIX = re.compile(r"_fp32_master_\d+$")
+# The prefix is greedy, and no accumulator name ends another one after a ``_``, so the prefix
+# found is the one the key was built from (``a_moment1_0_moment1_0``: parameter
+# ``a_moment1_0``). DOTALL: a name may hold any character, a newline too.
+_ACC_KEY = re.compile(r"(.+)_(moment1|moment2|moment2_max|beta1_pow_acc|beta2_pow_acc)_(\d+)",
+                      re.DOTALL)
+_MASTER_IN_PREFIX = re.compile(r"_fp32_master_\d+\Z")
+# LR_Scheduler dicts nest (LinearWarmup holds its inner scheduler's); deeper is not a state.
+_SCHEDULER_DEPTH = 16
 
 
-class StateDictError(ValueError):
-    """A state dict does not fit the optimizer (shape, dtype, ambiguous or foreign keys)."""
+class StateDictError(ValueError, AssertionError):
+    """A state dict does not fit the optimizer (shape, dtype, ambiguous or foreign keys).
+
+    Also an ``AssertionError``: Paddle's ``set_state_dict`` asserts for the same mismatches, so
+    code written against Paddle catches it as it is.
+    """
+
+
+class StateDictTypeError(StateDictError, TypeError):
+    """A state dict value no state can be loaded from: not a tensor, ndarray or Paddle tensor,
+    or a tensor without dense values (sparse, nested, on the meta device, fake, a DTensor)."""
 
 
 class MissingStateError(StateDictError, KeyError):
@@ -131,6 +160,23 @@ def _names(opt: _AdamBase) -> list[str]:
                 "module")
         first[name] = i
     return names
+
+
+def _check_bases(opt: _AdamBase, names: list[str]) -> None:
+    """Raise ``ValueError`` if two parameters would have the same keys: a parameter named
+    exactly like another's master weight (``w_fp32_master_0`` beside a bf16 ``w`` with master
+    weights). Names are distinct (``_names``), so that is the only way keys can meet."""
+    first: dict[str, int] = {}
+    for i, (name, param) in enumerate(zip(names, opt._parameter_list)):
+        base = name + MASTER_SUFFIX if _has_master(opt, param) else name
+        if base in first:
+            plain, master = (i, first[base]) if name == base else (first[base], i)
+            raise ValueError(
+                f"parameter {names[plain]!r} is named like the fp32 master weight of parameter "
+                f"{names[master]!r}: both would have the state_dict keys '{base}_..._0' and "
+                "one would overwrite the other. Rename one, e.g. "
+                "triton_adam.set_param_attr(p, name=...)")
+        first[base] = i
 
 
 def _has_master(opt: _AdamBase, param: torch.Tensor) -> bool:
@@ -159,6 +205,7 @@ def state_dict(opt: _AdamBase) -> dict[str, Any]:
     step later. Use (save) the dict before the next step.
     """
     names = _names(opt)
+    _check_bases(opt, names)
     members: list[tuple[int, Bucket, int]] = []
     for index, param in enumerate(opt._parameter_list):
         where = opt._where.get(id(param))
@@ -209,23 +256,60 @@ class _Load:
     master: _Value | None
 
 
+def _fake_tensor_type() -> type | None:
+    # Only a program that imported torch's fake tensors can hold one.
+    module = sys.modules.get("torch._subclasses.fake_tensor")
+    return getattr(module, "FakeTensor", None) if module is not None else None
+
+
+def _without_values(t: torch.Tensor) -> str | None:
+    """Why tensor ``t`` has no dense values to copy from, or None if it has."""
+    if _dist.is_dtensor(t):
+        return ("a DTensor; a sharded run loads this rank's local shards (its own "
+                "opt.state_dict(), or triton_adam.distributed.shard_full_state(full, params))")
+    if t.is_nested:
+        return "a nested tensor"
+    if t.layout != torch.strided:
+        return f"a {t.layout} tensor (call .to_dense() first)"
+    if t.device.type == "meta":
+        return "a tensor on the meta device, which holds no values"
+    fake = _fake_tensor_type()
+    if fake is not None and isinstance(t, fake):
+        return "a FakeTensor, which holds no values"
+    return None
+
+
 def _as_value(key: str, value: object) -> torch.Tensor | np.ndarray:
-    """A state dict value as a torch tensor or an ndarray (Paddle tensors via ``numpy()``)."""
-    if isinstance(value, (torch.Tensor, np.ndarray)):
+    """A state dict value as a torch tensor or an ndarray with values to copy from (Paddle
+    tensors via ``numpy()``), else a ``StateDictTypeError`` naming the key."""
+    where = f"state_dict[{key!r}]"
+    if isinstance(value, torch.Tensor):
+        why = _without_values(value)
+        if why is not None:
+            raise StateDictTypeError(f"{where} is {why}; expected a dense tensor")
         return value
+    if isinstance(value, np.ndarray):
+        return np.asarray(value)  # a subclass (np.matrix, a masked array) as its plain data
     # A paddle.Tensor, duck-typed so that paddle need not be imported (or installed).
     if type(value).__module__.startswith("paddle") and callable(getattr(value, "numpy", None)):
-        return np.asarray(value.numpy())
-    raise TypeError(f"state_dict[{key!r}] is a {type(value).__name__}; expected a "
-                    "torch.Tensor, a numpy.ndarray or a paddle.Tensor")
+        try:
+            return np.asarray(value.numpy())
+        except Exception as e:
+            raise StateDictTypeError(f"{where}: a {type(value).__name__} whose numpy() failed "
+                                     f"({type(e).__name__}: {e})") from e
+    raise StateDictTypeError(f"{where} is a {type(value).__name__}; expected a "
+                             "torch.Tensor, a numpy.ndarray or a paddle.Tensor")
 
 
 def _dtype_of(value: torch.Tensor | np.ndarray) -> torch.dtype | np.dtype:
     if isinstance(value, torch.Tensor):
         return value.dtype
+    # Byte order is storage, not type: a big-endian float32 array holds float32 values (and is
+    # converted when copied in).
+    native = value.dtype if value.dtype.isnative else value.dtype.newbyteorder("=")
     try:
-        return torch.from_numpy(np.empty(0, dtype=value.dtype)).dtype
-    except TypeError:
+        return torch.from_numpy(np.empty(0, dtype=native)).dtype
+    except (TypeError, ValueError):
         return value.dtype  # a dtype no tensor has: reported as numpy's, never equal
 
 
@@ -246,11 +330,13 @@ def _check(key: str, value: object, shape: tuple[int, ...], dtype: torch.dtype,
 
 
 def _index_keys(state: dict, opt_name: str | None
-                ) -> tuple[dict[tuple[str, str], list[str]], list[str]]:
-    """Accumulator keys by ``(prefix, acc)``: the prefix with the optimizer ``name`` removed
-    and a master counter normalized to ``_fp32_master_0``; the list holds every counter.
-    Also every accumulator-shaped key (those of another optimizer name included)."""
-    index: dict[tuple[str, str], list[str]] = {}
+                ) -> tuple[dict[tuple[str, str, bool], list[tuple[str, str]]], list[str]]:
+    """Accumulator keys (with their base) by ``(name, acc, master)``, every counter. A key's
+    base is its prefix without the optimizer ``name``; with ``master`` False, ``name`` is the
+    base, with ``master`` True the parameter name of a base ``{name}_fp32_master_{N}`` (any N,
+    as Paddle counts master weights too). Also every accumulator-shaped key (another
+    optimizer name's included)."""
+    index: dict[tuple[str, str, bool], list[tuple[str, str]]] = {}
     every: list[str] = []
     suffix = f"_{opt_name}" if opt_name else ""
     for key in state:
@@ -260,51 +346,89 @@ def _index_keys(state: dict, opt_name: str | None
         if m is None:
             continue
         every.append(key)
-        prefix, acc = m.group(1), m.group(2)
+        base, acc = m.group(1), m.group(2)
         if suffix:
-            if not prefix.endswith(suffix):
+            if not base.endswith(suffix):
                 continue
-            prefix = prefix[:-len(suffix)]
-        prefix = _MASTER_IN_PREFIX.sub(MASTER_SUFFIX, prefix)
-        index.setdefault((prefix, acc), []).append(key)
+            base = base[:-len(suffix)]
+        index.setdefault((base, acc, False), []).append((key, base))
+        master = _MASTER_IN_PREFIX.search(base)
+        if master is not None:
+            index.setdefault((base[:master.start()], acc, True), []).append((key, base))
     return index, every
 
 
-def _pick(candidates: list[str], exact: str) -> str:
-    """The key for one accumulator: the exact ``_0`` key, else the only other counter."""
-    if exact in candidates:
+def _pick(state: dict, exact: str, candidates: list[tuple[str, str]], own: str,
+          bases: set[str]) -> str | None:
+    """The key of one accumulator: ``exact`` (its ``_0`` key), else the only candidate with
+    other counters whose base is not another parameter's (the master weight counter of
+    ``x``'s ``x_fp32_master_1_..`` is not taken when a parameter is named ``x_fp32_master_1``);
+    None if there is none."""
+    if exact in state:
         return exact
-    if len(candidates) == 1:
-        return candidates[0]
-    raise StateDictError(f"state_dict has {len(candidates)} keys for {exact!r} with other "
-                         f"counters ({sorted(candidates)}) and not that key: which one is "
-                         "this optimizer's is ambiguous")
+    others = [k for k, base in candidates if base == own or base not in bases]
+    if len(others) > 1:
+        raise StateDictError(f"state_dict has {len(others)} keys for {exact!r} with other "
+                             f"counters ({sorted(others)}) and not that key: which one is "
+                             "this optimizer's is ambiguous")
+    return others[0] if others else None
+
+
+def _check_scheduler_values(state: dict, where: str, depth: int = 0) -> None:
+    """A scheduler's state holds numbers (None for an unset ReduceOnPlateau ``best``) and, for
+    a wrapping scheduler, the wrapped one's dict; anything else would fail later, at a step."""
+    if depth > _SCHEDULER_DEPTH:
+        raise StateDictError(f"{where} nests dicts more than {_SCHEDULER_DEPTH} deep; a "
+                             "scheduler's state is a dict of numbers")
+    for key, value in state.items():
+        here = f"{where}[{key!r}]"
+        if isinstance(value, dict):
+            _check_scheduler_values(value, here, depth + 1)
+        elif not (value is None or isinstance(value, (int, float, np.number, np.bool_))):
+            raise StateDictTypeError(f"{here} is a {type(value).__name__}; a learning-rate "
+                                     "scheduler's state holds numbers")
 
 
 def _plan(opt: _AdamBase, state: dict) -> tuple[list[_Load], object]:
     """Check ``state`` against ``opt`` without changing anything: what to write, and the
     scheduler state to restore (None if none)."""
     if not isinstance(state, dict):
-        raise TypeError(f"state_dict must be a dict, got {type(state).__name__}")
+        raise StateDictTypeError(f"state_dict must be a dict, got {type(state).__name__}")
     names = _names(opt)
+    _check_bases(opt, names)
     accs = _accs(opt)
     index, every = _index_keys(state, opt._name)
+    masters_of = [_has_master(opt, param) for param in opt._parameter_list]
+    prefixes = [_prefix(opt, name, m) for name, m in zip(names, masters_of)]
+    # Every parameter's key base: a key with another parameter's base is never this one's.
+    bases = [name + MASTER_SUFFIX if m else name for name, m in zip(names, masters_of)]
+    all_bases = set(bases)
+    taken: dict[str, int] = {}  # key -> the parameter it is loaded into
     used: set[str] = set()
 
     masters = state.get(MASTER_WEIGHTS_KEY)
     if masters is not None and not isinstance(masters, dict):
-        raise TypeError(f"state_dict[{MASTER_WEIGHTS_KEY!r}] must be a dict of parameter name "
-                        f"-> float32 tensor, got {type(masters).__name__}")
+        raise StateDictTypeError(f"state_dict[{MASTER_WEIGHTS_KEY!r}] must be a dict of "
+                                 "parameter name -> float32 tensor, got "
+                                 f"{type(masters).__name__}")
 
     loads: list[_Load] = []
     absent: list[tuple[int, str]] = []  # trainable params with none of their keys
     for i, param in enumerate(opt._parameter_list):
-        name = names[i]
-        master = _has_master(opt, param)
-        prefix = _prefix(opt, name, master)
-        lookup = name + MASTER_SUFFIX if master else name  # as _index_keys normalizes
-        found = {acc: _pick(index[(lookup, acc)], f"{prefix}_{acc}_0")
-                 for acc in accs if (lookup, acc) in index}
+        name, prefix, master = names[i], prefixes[i], masters_of[i]
+        found: dict[str, str] = {}
+        for acc in accs:
+            key = _pick(state, f"{prefix}_{acc}_0", index.get((name, acc, master), []),
+                        bases[i], all_bases)
+            if key is None:
+                continue
+            if key in taken:
+                raise StateDictError(
+                    f"state_dict[{key!r}] could be the {acc} of parameter "
+                    f"{names[taken[key]]!r} or of parameter {name!r} (other counters): "
+                    "ambiguous")
+            taken[key] = i
+            found[acc] = key
         where = opt._where.get(id(param))
         has_state = where is not None and where[0].created[where[1]]
         what = f"parameter {name!r}"
@@ -375,8 +499,9 @@ def _plan(opt: _AdamBase, state: dict) -> tuple[list[_Load], object]:
             lr_state = None  # Paddle: an empty scheduler state is accepted and not applied
         if lr_state is not None:
             if not isinstance(lr_state, dict):
-                raise TypeError(f"state_dict[{LR_SCHEDULER_KEY!r}] must be a dict, got "
-                                f"{type(lr_state).__name__}")
+                raise StateDictTypeError(f"state_dict[{LR_SCHEDULER_KEY!r}] must be a dict, "
+                                         f"got {type(lr_state).__name__}")
+            _check_scheduler_values(lr_state, f"state_dict[{LR_SCHEDULER_KEY!r}]")
             # Dry run on a copy: the scheduler's own checks fire before anything is written.
             try:
                 probe = copy.deepcopy(sched)
@@ -386,15 +511,51 @@ def _plan(opt: _AdamBase, state: dict) -> tuple[list[_Load], object]:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     probe.set_state_dict(lr_state)
+                try:
+                    lr = float(probe())
+                except Exception as e:
+                    raise StateDictError(f"state_dict[{LR_SCHEDULER_KEY!r}] gives no learning "
+                                         f"rate ({type(e).__name__}: {e})") from e
+                if not math.isfinite(lr):
+                    raise StateDictError(f"state_dict[{LR_SCHEDULER_KEY!r}] gives the "
+                                         f"learning rate {lr}; expected a finite number")
     return loads, lr_state
 
 
 def _to_tensor(value: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """A checked value as a tensor to copy from (an ndarray shares its memory when it can)."""
     if isinstance(value, torch.Tensor):
         return value.detach()
-    if not value.flags.writeable:  # torch.from_numpy warns on read-only arrays
-        value = value.copy()
-    return torch.from_numpy(np.ascontiguousarray(value))
+    if not value.dtype.isnative:  # torch takes native byte order only
+        value = value.astype(value.dtype.newbyteorder("="))
+    if not (value.flags.writeable and value.flags.c_contiguous):
+        value = np.array(value, order="C")  # a copy; torch.from_numpy warns on read-only ones
+    return torch.from_numpy(value)
+
+
+def _span(t: torch.Tensor) -> tuple[torch.device, int, int]:
+    storage = t.untyped_storage()
+    return t.device, storage.data_ptr(), storage.data_ptr() + storage.nbytes()
+
+
+def _unalias(opt: _AdamBase, copies: list[tuple[torch.Tensor, torch.Tensor]]
+             ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(destination, source)`` pairs safe to copy in any order: a source that overlaps this
+    optimizer's state memory (``opt.state_dict()`` views loaded under other keys) is read
+    into a copy first, or dropped when it is its own destination (loading a dict into the
+    optimizer it came from)."""
+    spans = [_span(b) for bucket in opt._buckets
+             for b in (bucket.moment1, bucket.moment2, bucket.moment2_max,
+                       getattr(bucket, "master", None), bucket.pows) if b is not None]
+    out = []
+    for dst, src in copies:
+        device, lo, hi = _span(src)
+        if not any(device == d and lo < e and s < hi for d, s, e in spans):
+            out.append((dst, src))
+        elif not (src.data_ptr() == dst.data_ptr() and src.dtype == dst.dtype
+                  and src.shape == dst.shape and src.stride() == dst.stride()):
+            out.append((dst, src.clone()))
+    return out
 
 
 @torch.no_grad()
@@ -402,7 +563,8 @@ def set_state_dict(opt: _AdamBase, state_dict: dict) -> None:
     """Load ``state_dict`` (from ``state_dict()`` here or in Paddle) into ``opt``.
 
     Rules: the module docstring. Every value is checked before anything is written, so on an
-    error the optimizer is unchanged.
+    error the optimizer is unchanged (moments, pows, master weights, scheduler, and no state
+    is created).
 
     Raises:
         MissingStateError: (a ``StateDictError`` and a ``KeyError``) an accumulator of a
@@ -410,33 +572,55 @@ def set_state_dict(opt: _AdamBase, state_dict: dict) -> None:
             parameter has no keys while the dict holds accumulator keys of other names; the
             master weight of a loaded fp16/bf16 parameter is missing; ``LR_Scheduler`` is
             missing while a scheduler (other than ``LambdaDecay``) drives the learning rate.
-        StateDictError: (a ``ValueError``) a value's shape or dtype is not the state's, or
-            several counters (``_1``, ``_2``) compete for one key.
-        TypeError: a value is not a tensor / ndarray, or ``state_dict`` is not a dict.
-        ValueError: two parameters have the same name.
+        StateDictTypeError: (a ``StateDictError`` and a ``TypeError``) ``state_dict`` is not
+            a dict, or a value is not a tensor / ndarray / Paddle tensor with dense values
+            (a list, a number, a sparse, nested, meta or fake tensor, a DTensor), or an
+            ``LR_Scheduler`` value is not a number.
+        StateDictError: (a ``ValueError`` and an ``AssertionError``, as Paddle's own checks)
+            a value's shape or dtype is not the state's, several counters (``_1``, ``_2``)
+            compete for one key, or ``LR_Scheduler`` gives no finite learning rate.
+        ValueError: two parameters have the same name, or one is named like another's
+            master weight (their keys would be the same).
         RuntimeError: the scheduler rejects ``LR_Scheduler`` (its own check).
     """
     loads, lr_state = _plan(opt, state_dict)
 
-    # State is created now for what is loaded: buckets as the first step would build them
-    # (every trainable parameter), plus buckets for loaded parameters that are frozen now.
     params = opt._parameter_list
-    if loads:
-        opt._ensure_buckets(params[load.index] for load in loads)
-        rest = [load.index for load in loads if id(params[load.index]) not in opt._where]
-        if rest:
-            opt._build_buckets(rest)
-    if lr_state is not None:
-        opt._learning_rate.set_state_dict(lr_state)
+    sched = opt._learning_rate if lr_state is not None else None
+    before = sched.state_dict() if sched is not None else None
+    try:
+        if sched is not None:
+            sched.set_state_dict(lr_state)
+        # State is created now for what is loaded: buckets as the first step would build them
+        # (every trainable parameter), plus buckets for loaded parameters frozen now.
+        if loads:
+            opt._ensure_buckets(params[load.index] for load in loads)
+            rest = [load.index for load in loads if id(params[load.index]) not in opt._where]
+            if rest:
+                opt._build_buckets(rest)
+    except BaseException:
+        # Building a bucket reads per-parameter options (lr_ratio, ...), which may raise:
+        # the scheduler goes back to where it was.
+        if before is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                sched.set_state_dict(before)
+        raise
+
+    copies: list[tuple[torch.Tensor, torch.Tensor]] = []
     for load in loads:
         bucket, j = opt._where[id(params[load.index])]
         for acc, v in load.values.items():
-            src = _to_tensor(v.value)
             if acc in _POWS:
                 which = _POWS.index(acc)
-                bucket.pows[bucket.current_slot(j), j, which:which + 1].copy_(src)
+                dst = bucket.pows[bucket.current_slot(j), j, which:which + 1]
             else:
-                bucket.state_view(getattr(bucket, acc), j).copy_(src)
+                dst = bucket.state_view(getattr(bucket, acc), j)
+            copies.append((dst, _to_tensor(v.value)))
         if load.master is not None and getattr(bucket, "master", None) is not None:
-            bucket.state_view(bucket.master, j).copy_(_to_tensor(load.master.value))
+            copies.append((bucket.state_view(bucket.master, j), _to_tensor(load.master.value)))
+    for dst, src in _unalias(opt, copies):
+        dst.copy_(src)
+    for load in loads:
+        bucket, j = opt._where[id(params[load.index])]
         bucket.created[j] = True  # the first step must not re-initialize what was loaded
