@@ -29,6 +29,11 @@ Design notes, for the issues that build on this kernel:
   per-tensor pow buffer between steps, which it can do without reading the device.
 * Master weights, a gradient scale (clipping, AMP unscaling) and a skip-on-overflow flag are
   more loads and constexpr switches in ``_adam_block``/the kernel, not a second kernel.
+* Boundaries: this module holds the dense and multi-tensor kernels and their launchers. The
+  math, the gradient transform and the pow advance are ``kernels/update.py``'s (shared with
+  the sparse-row kernel), the table layouts, dtype maps and IEEE helpers
+  ``kernels/common.py``'s; the layout names are re-exported here (``HYPER_*``, ``COL_*``,
+  ``TABLE_WIDTH``, ``POW_SLOT_WIDTH``, ``STATE_ALIGN``, ``BLOCK_SIZE``, ...).
 """
 
 from __future__ import annotations
@@ -39,186 +44,83 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import check_interpretable, device_guard, interpreting
+from .common import (  # the layout and configuration are re-exported: the engine reads them here
+    BLOCK_SIZE,
+    CHUNK_SIZE,
+    CHUNK_INDEX_C,
+    CHUNK_TABLE_WIDTH,
+    CHUNK_TABLE_WIDTH_C,
+    CHUNK_TENSOR_C,
+    COL_ACTIVE,
+    COL_ACTIVE_C,
+    COL_CLIP_INDEX,
+    COL_CLIP_INDEX_C,
+    COL_GRAD_ADDR,
+    COL_GRAD_ADDR_C,
+    COL_NUMEL,
+    COL_NUMEL_C,
+    COL_PARAM_ADDR,
+    COL_PARAM_ADDR_C,
+    COL_STATE_OFFSET,
+    COL_STATE_OFFSET_C,
+    FP_FUSION,
+    HYPER_BETA1,
+    HYPER_BETA1_C,
+    HYPER_BETA2,
+    HYPER_CLIP_MAX,
+    HYPER_CLIP_MIN,
+    HYPER_EPS,
+    HYPER_L1,
+    HYPER_L2,
+    HYPER_LR_SCALE,
+    HYPER_WD,
+    HYPER_WIDTH,
+    HYPER_WIDTH_C,
+    LOW_PRECISION,
+    NUM_WARPS,
+    POW_BETA1,
+    POW_BETA1_C,
+    POW_BETA2,
+    POW_SLOT_WIDTH,
+    POW_SLOT_WIDTH_C,
+    STATE_ALIGN,
+    STATE_ALIGN_C,
+    TABLE_WIDTH,
+    TABLE_WIDTH_C,
+    TRITON_DTYPES,
+    check_interpretable,
+    compute_dtype_for,
+    device_guard,
+    grad_dtype_allowed,
+    round_to,
+)
+from .update import (
+    adam_math,
+    advance_pows,
+    amp_scalars,
+    clip_scalars,
+    prepare_grad,
+    step_scalars,
+)
 
-# 1024 elements per program with 4 warps: 8 contiguous elements per thread, i.e. two 16-byte
-# vector accesses per fp32 stream (one per fp64 stream), the shape measured to keep 16-byte
-# LDG/STG and ~48 registers on sm_80/sm_90 (see ../shared/performance-method.md).
-BLOCK_SIZE = 1024
-NUM_WARPS = 4
-# FMA contraction on (a*b+c in one rounding), as nvcc's default (-fmad=true) with which Paddle's
-# CUDA kernels are built. Pinned at every launch: Triton 3.10 changes the default to off.
-FP_FUSION = True
+__all__ = [
+    "adam_update_", "adam_update_tensor_list_", "kernel_constexprs", "tensor_list_constexprs",
+    "compute_dtype_for", "grad_dtype_allowed", "POW_BLOCK",
+    # Re-exported from kernels/common.py (the launch configuration and table layouts):
+    "BLOCK_SIZE", "NUM_WARPS", "CHUNK_SIZE", "FP_FUSION", "LOW_PRECISION", "HYPER_LR_SCALE",
+    "HYPER_BETA1", "HYPER_BETA2", "HYPER_EPS", "HYPER_L2", "HYPER_L1", "HYPER_WD",
+    "HYPER_CLIP_MIN", "HYPER_CLIP_MAX", "HYPER_WIDTH", "POW_BETA1", "POW_BETA2",
+    "POW_SLOT_WIDTH", "TABLE_WIDTH", "COL_PARAM_ADDR", "COL_GRAD_ADDR", "COL_NUMEL",
+    "COL_STATE_OFFSET", "COL_ACTIVE", "COL_CLIP_INDEX", "STATE_ALIGN",
+]
 
-# Columns of the per-tensor hyper-parameter row (the ``hyper`` argument), in the compute dtype.
-HYPER_LR_SCALE = 0  # multiplies the step's learning rate (param attr lr, AdamW lr_ratio)
-HYPER_BETA1 = 1
-HYPER_BETA2 = 2
-HYPER_EPS = 3
-HYPER_L2 = 4  # coupled L2Decay coefficient: g += l2 * p
-HYPER_L1 = 5  # coupled L1Decay coefficient: g += l1 * sign(p)
-HYPER_WD = 6  # decoupled (AdamW) coefficient: p -= lr_t * wd * p
-HYPER_CLIP_MIN = 7  # ClipGradByValue bounds (-inf / inf for a tensor without value clipping)
-HYPER_CLIP_MAX = 8
-HYPER_WIDTH = 16  # padded to 16 so consecutive rows of a table stay 16-byte aligned
-
-# A pow slot holds (beta1_pow, beta2_pow) padded to 16 bytes in either compute dtype, so both
-# slots of a buffer have the same alignment and alternating them never changes the JIT's
-# specialization of the pointer.
-POW_SLOT_WIDTH = 4
-
-# The multi-tensor kernel's tables. A row of the int64 tensor table describes one tensor of a
-# bucket; a row of the int32 chunk table is one program's work: a chunk of one tensor.
-TABLE_WIDTH = 8  # int64 columns per tensor (64 bytes: rows stay aligned, room to grow)
-COL_PARAM_ADDR = 0  # data_ptr() of the param
-COL_GRAD_ADDR = 1  # data_ptr() of the gradient (0 when the tensor is inactive this step)
-COL_NUMEL = 2  # elements of the param
-COL_STATE_OFFSET = 3  # where the tensor's region starts in the bucket's flat state buffers
-COL_ACTIVE = 4  # 1 if the tensor is updated this step (its pows advance), else 0
-COL_CLIP_INDEX = 5  # which entry of the clip-scale buffer multiplies the gradient (CLIP_SCALE)
-# Every tensor's region of a flat state buffer starts at a multiple of 16 elements, so it is
-# 16-byte aligned (64 B in fp32) and the kernel can promise so with tl.multiple_of.
-STATE_ALIGN = 16
-# A program updates one block of one tensor (a chunk is a block): no loop, so every program
-# is the dense kernel's program, and the SASS audit can read it. The chunk table costs 8 bytes
-# per 1024 elements (55 MB for 7B parameters, against 56 GB of moments), built once.
-CHUNK_SIZE = BLOCK_SIZE
 # Tensors whose pows one program advances in the pow pass of the multi-tensor kernel.
 POW_BLOCK = 128
-
-# fp32 -> bf16 must round to nearest even. Compiled, ``.to(tl.bfloat16)`` is LLVM's fptrunc,
-# i.e. ``cvt.rn.bf16`` (tests/test_compile_lazy.py checks the PTX); but the Triton 3.9
-# interpreter truncates toward zero for that conversion (even with
-# ``fp_downcast_rounding="rtne"``). Under the interpreter the kernels therefore round with
-# integer arithmetic instead, so CPU runs give the bits a GPU gives. fp16 is exact in both.
-_INTERPRETER_BF16_RNE = tl.constexpr(interpreting())
-
-# The same constants as seen from @triton.jit code (compiled kernels may read only constexpr
-# globals).
-_HYPER_WIDTH = tl.constexpr(HYPER_WIDTH)
-_POW_SLOT_WIDTH = tl.constexpr(POW_SLOT_WIDTH)
-_TABLE_WIDTH = tl.constexpr(TABLE_WIDTH)
-_COL_PARAM_ADDR = tl.constexpr(COL_PARAM_ADDR)
-_COL_GRAD_ADDR = tl.constexpr(COL_GRAD_ADDR)
-_COL_NUMEL = tl.constexpr(COL_NUMEL)
-_COL_STATE_OFFSET = tl.constexpr(COL_STATE_OFFSET)
-_COL_ACTIVE = tl.constexpr(COL_ACTIVE)
-_COL_CLIP_INDEX = tl.constexpr(COL_CLIP_INDEX)
-_HYPER_CLIP_MIN = tl.constexpr(HYPER_CLIP_MIN)
-_HYPER_CLIP_MAX = tl.constexpr(HYPER_CLIP_MAX)
-_STATE_ALIGN = tl.constexpr(STATE_ALIGN)
-
-
-
-@triton.jit
-def _round_to(p, dtype: tl.constexpr):
-    """``p`` (fp32 or fp64) rounded to nearest even in ``dtype`` (the param's dtype)."""
-    if _INTERPRETER_BF16_RNE and dtype == tl.bfloat16:
-        bits = p.to(tl.uint32, bitcast=True)
-        bits = bits + (0x7FFF + ((bits >> 16) & 1))  # carries into the exponent as it should
-        rounded = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-        out = tl.where(p != p, p.to(tl.bfloat16), rounded)  # NaN stays NaN
-    else:
-        out = p.to(dtype)
-    return out
-
-
-@triton.jit
-def _sqrt(x):
-    """Correctly rounded square root (fp32: sqrt.rn, not Triton's default sqrt.approx.ftz)."""
-    if x.dtype == tl.float64:
-        return tl.sqrt(x)  # already sqrt.rn.f64
-    else:
-        return tl.sqrt_rn(x)
-
-
-@triton.jit
-def _div(a, b):
-    """Correctly rounded division (fp32: div.rn, not Triton's default div.full)."""
-    if a.dtype == tl.float64:
-        return a / b  # already div.rn.f64
-    else:
-        return tl.div_rn(a, b)
-
-
-@triton.jit
-def _step_scalars(hyper_row_ptr, pows_in_row_ptr, lr, compute_dtype: tl.constexpr):
-    """The per-tensor scalars of a step, read once per program (shared by every kernel)."""
-    lr_scale = tl.load(hyper_row_ptr + 0)
-    beta1 = tl.load(hyper_row_ptr + 1)
-    beta2 = tl.load(hyper_row_ptr + 2)
-    eps = tl.load(hyper_row_ptr + 3)
-    l2 = tl.load(hyper_row_ptr + 4)
-    l1 = tl.load(hyper_row_ptr + 5)
-    wd = tl.load(hyper_row_ptr + 6)
-    beta1_pow = tl.load(pows_in_row_ptr + 0)
-    beta2_pow = tl.load(pows_in_row_ptr + 1)
-    # Scalars once per program; the per-element work is then multiplies and one divide.
-    lr_t = (lr * lr_scale).to(compute_dtype)
-    # Correctly rounded sqrt and division (as CUDA's defaults, which Paddle's kernel uses):
-    # Triton's plain `/` and tl.sqrt are approximate in fp32 (div.full, sqrt.approx.ftz).
-    step_size = _div(lr_t, 1.0 - beta1_pow)
-    inv_sqrt_bc2 = _div(tl.full((), 1.0, compute_dtype), _sqrt(1.0 - beta2_pow))
-    return lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd
-
-
-@triton.jit
-def _amp_scalars(grad_scale_ptr, found_inf_ptr, compute_dtype: tl.constexpr,
-                 UNSCALE: tl.constexpr, SKIP_ON_INF: tl.constexpr):
-    """AMP's per-step values: 1 / loss scale, and whether to skip the step (found_inf)."""
-    if UNSCALE:
-        inv_grad_scale = _div(tl.full((), 1.0, tl.float32),
-                              tl.load(grad_scale_ptr).to(tl.float32)).to(compute_dtype)
-    else:
-        inv_grad_scale = tl.full((), 1.0, compute_dtype)
-    if SKIP_ON_INF:
-        skip = tl.load(found_inf_ptr) != 0
-    else:
-        skip = False
-    return inv_grad_scale, skip
-
-
-@triton.jit
-def _clip_scalars(clip_scale_ptr, hyper_row_ptr, compute_dtype: tl.constexpr,
-                  CLIP_SCALE: tl.constexpr, CLIP_VALUE: tl.constexpr):
-    """The tensor's gradient-clip values: a scale (norm clips) and value bounds."""
-    if CLIP_SCALE:
-        # The scale is in the norm's accumulation dtype; Paddle casts it to the gradient's.
-        g_scale = tl.load(clip_scale_ptr).to(compute_dtype)
-    else:
-        g_scale = tl.full((), 1.0, compute_dtype)
-    if CLIP_VALUE:
-        clip_lo = tl.load(hyper_row_ptr + _HYPER_CLIP_MIN)
-        clip_hi = tl.load(hyper_row_ptr + _HYPER_CLIP_MAX)
-    else:
-        clip_lo = tl.full((), 0.0, compute_dtype)
-        clip_hi = tl.full((), 0.0, compute_dtype)
-    return g_scale, clip_lo, clip_hi
-
-
-@triton.jit
-def _adam_math(p, g, m, v, vmax, lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd,
-               AMSGRAD: tl.constexpr, COUPLED_DECAY: tl.constexpr,
-               DECOUPLED_DECAY: tl.constexpr):
-    """The update of a block of values already loaded in the compute dtype: the one copy of
-    the math, used by the dense, multi-tensor and sparse-row kernels. Returns (p, m, v, vmax);
-    ``vmax`` is passed through unchanged unless AMSGRAD."""
-    if COUPLED_DECAY:
-        # Paddle adds the regularizer's term to a new gradient tensor before the update.
-        sign_p = tl.where(p > 0, 1.0, tl.where(p < 0, -1.0, 0.0)).to(p.dtype)
-        g = g + l2 * p + l1 * sign_p
-    if DECOUPLED_DECAY:
-        p = p - lr_t * wd * p
-
-    m = beta1 * m + (1.0 - beta1) * g
-    v = beta2 * v + (1.0 - beta2) * g * g
-    if AMSGRAD:
-        vmax = tl.maximum(vmax, v)
-        denom = _sqrt(vmax) * inv_sqrt_bc2 + eps
-    else:
-        denom = _sqrt(v) * inv_sqrt_bc2 + eps
-    p = p - step_size * _div(m, denom)
-    return p, m, v, vmax
+# That pass walks the (beta, pow) pairs with one index: beta2 and its pow must follow beta1 and
+# its pow in their layouts (kernels/common.py).
+if HYPER_BETA2 != HYPER_BETA1 + 1 or POW_BETA2 != POW_BETA1 + 1:
+    raise ImportError("kernels/adam.py: HYPER_BETA2 / POW_BETA2 must follow HYPER_BETA1 / "
+                      "POW_BETA1")
 
 
 @triton.jit
@@ -266,27 +168,24 @@ def _adam_block(
     else:
         p = tl.load(param_ptr + offs, mask=mask).to(compute_dtype)
     g = tl.load(grad_ptr + offs, mask=mask).to(compute_dtype)
-    if UNSCALE:
-        g = g * inv_grad_scale  # AMP: the loss scale comes off before clipping (GradScaler)
-    if CLIP_SCALE:
-        g = g * g_scale
-    if CLIP_VALUE:
-        g = tl.where(g < clip_lo, clip_lo, tl.where(g > clip_hi, clip_hi, g))
+    # AMP unscale, then the norm clip's scale, then the value clip (kernels/update.py).
+    g = prepare_grad(g, inv_grad_scale, g_scale, clip_lo, clip_hi, UNSCALE, CLIP_SCALE,
+                     CLIP_VALUE)
     m = tl.load(exp_avg_ptr + offs, mask=mask)
     v = tl.load(exp_avg_sq_ptr + offs, mask=mask)
     if AMSGRAD:
         vmax = tl.load(max_exp_avg_sq_ptr + offs, mask=mask)
     else:
         vmax = v  # unused
-    p, m, v, vmax = _adam_math(p, g, m, v, vmax, lr_t, step_size, inv_sqrt_bc2, beta1, beta2,
-                               eps, l2, l1, wd, AMSGRAD, COUPLED_DECAY, DECOUPLED_DECAY)
+    p, m, v, vmax = adam_math(p, g, m, v, vmax, lr_t, step_size, inv_sqrt_bc2, beta1, beta2,
+                              eps, l2, l1, wd, AMSGRAD, COUPLED_DECAY, DECOUPLED_DECAY)
     if AMSGRAD:
         tl.store(max_exp_avg_sq_ptr + offs, vmax, mask=mask)
     tl.store(exp_avg_ptr + offs, m, mask=mask)
     tl.store(exp_avg_sq_ptr + offs, v, mask=mask)
     if MASTER:
         tl.store(master_ptr + offs, p, mask=mask)
-    tl.store(param_ptr + offs, _round_to(p, param_ptr.dtype.element_ty), mask=mask)
+    tl.store(param_ptr + offs, round_to(p, param_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -319,11 +218,11 @@ def _adam_kernel(
     pid = tl.program_id(0).to(tl.int64)  # int64: ranges beyond 2^31 elements exist
     block_start = pid * BLOCK
     offs = block_start + tl.arange(0, BLOCK)
-    lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd = _step_scalars(
+    lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd = step_scalars(
         hyper_ptr, pows_in_ptr, lr, compute_dtype)
-    g_scale, clip_lo, clip_hi = _clip_scalars(clip_scale_ptr, hyper_ptr, compute_dtype,
+    g_scale, clip_lo, clip_hi = clip_scalars(clip_scale_ptr, hyper_ptr, compute_dtype,
                                               CLIP_SCALE, CLIP_VALUE)
-    inv_grad_scale, skip = _amp_scalars(grad_scale_ptr, found_inf_ptr, compute_dtype, UNSCALE,
+    inv_grad_scale, skip = amp_scalars(grad_scale_ptr, found_inf_ptr, compute_dtype, UNSCALE,
                                         SKIP_ON_INF)
 
     if SKIP_ON_INF:
@@ -344,16 +243,10 @@ def _adam_kernel(
                     COUPLED_DECAY, DECOUPLED_DECAY, CLIP_SCALE, CLIP_VALUE, MASTER, UNSCALE)
 
     if pid == 0:
-        # Re-read (from cache) rather than keep the pows and betas live across the block body:
-        # holding them made ptxas spill on sm_90 (fp32 amsgrad + decoupled decay). A skipped
-        # step writes the pows unchanged into the other slot (the host flips slots blindly).
-        beta1 = tl.load(hyper_ptr + 1)
-        beta2 = tl.load(hyper_ptr + 2)
-        if SKIP_ON_INF:
-            beta1 = tl.where(tl.load(found_inf_ptr) != 0, 1.0, beta1).to(beta1.dtype)
-            beta2 = tl.where(tl.load(found_inf_ptr) != 0, 1.0, beta2).to(beta2.dtype)
-        tl.store(pows_out_ptr + 0, tl.load(pows_in_ptr + 0) * beta1)
-        tl.store(pows_out_ptr + 1, tl.load(pows_in_ptr + 1) * beta2)
+        # Re-read (from cache) rather than keep the pows and betas live across the block body
+        # (advance_pows). A skipped step writes the pows unchanged into the other slot (the
+        # host flips slots blindly).
+        advance_pows(hyper_ptr, pows_in_ptr, pows_out_ptr, found_inf_ptr, SKIP_ON_INF)
 
 
 @triton.jit
@@ -389,7 +282,7 @@ def _adam_tensor_list_kernel(
 ):
     compute_dtype = exp_avg_ptr.dtype.element_ty
     pid = tl.program_id(0).to(tl.int64)  # int64: chunk-table offsets beyond 2^31 exist
-    inv_grad_scale, skip = _amp_scalars(grad_scale_ptr, found_inf_ptr, compute_dtype, UNSCALE,
+    inv_grad_scale, skip = amp_scalars(grad_scale_ptr, found_inf_ptr, compute_dtype, UNSCALE,
                                         SKIP_ON_INF)
     if pid >= n_chunks:
         # The programs after the chunks write every tensor's pows to the other slot: advanced
@@ -397,35 +290,40 @@ def _adam_tensor_list_kernel(
         # bucket. (Programs of their own: the full-block path stays free of masked accesses.)
         j = (pid - n_chunks) * POW_BLOCK + tl.arange(0, POW_BLOCK)
         in_range = j < n_tensors
-        active = tl.load(tensor_table_ptr + j.to(tl.int64) * _TABLE_WIDTH + _COL_ACTIVE,
+        active = tl.load(tensor_table_ptr + j.to(tl.int64) * TABLE_WIDTH_C + COL_ACTIVE_C,
                          mask=in_range, other=0) != 0
         for which in tl.static_range(2):
-            beta = tl.load(hyper_ptr + j * _HYPER_WIDTH + (1 + which), mask=in_range)
-            pow_in = tl.load(pows_in_ptr + j * _POW_SLOT_WIDTH + which, mask=in_range)
+            # which = 0: beta1 and its pow, 1: beta2 and its pow (HYPER_BETA2 follows
+            # HYPER_BETA1, POW_BETA2 follows POW_BETA1: checked at import).
+            beta = tl.load(hyper_ptr + j * HYPER_WIDTH_C + (HYPER_BETA1_C + which),
+                           mask=in_range)
+            pow_in = tl.load(pows_in_ptr + j * POW_SLOT_WIDTH_C + (POW_BETA1_C + which),
+                             mask=in_range)
             factor = tl.where(active, beta, 1.0)
             if SKIP_ON_INF:
                 # A skipped step writes every tensor's pows unchanged (the host flips slots).
                 factor = tl.where(tl.load(found_inf_ptr) != 0, 1.0, factor)
-            tl.store(pows_out_ptr + j * _POW_SLOT_WIDTH + which, pow_in * factor,
-                     mask=in_range)
+            tl.store(pows_out_ptr + j * POW_SLOT_WIDTH_C + (POW_BETA1_C + which),
+                     pow_in * factor, mask=in_range)
     else:
-        t = tl.load(chunk_table_ptr + 2 * pid)
-        chunk = tl.load(chunk_table_ptr + 2 * pid + 1).to(tl.int64)
-        row = tensor_table_ptr + t.to(tl.int64) * _TABLE_WIDTH
-        param_addr = tl.load(row + _COL_PARAM_ADDR)
-        grad_addr = tl.load(row + _COL_GRAD_ADDR)
+        chunk_row = chunk_table_ptr + CHUNK_TABLE_WIDTH_C * pid
+        t = tl.load(chunk_row + CHUNK_TENSOR_C)
+        chunk = tl.load(chunk_row + CHUNK_INDEX_C).to(tl.int64)
+        row = tensor_table_ptr + t.to(tl.int64) * TABLE_WIDTH_C
+        param_addr = tl.load(row + COL_PARAM_ADDR_C)
+        grad_addr = tl.load(row + COL_GRAD_ADDR_C)
         param_ptr = param_addr.to(tl.pointer_type(PARAM_DTYPE))
         grad_ptr = grad_addr.to(tl.pointer_type(GRAD_DTYPE))
-        n_elements = tl.load(row + _COL_NUMEL)
+        n_elements = tl.load(row + COL_NUMEL_C)
         if SKIP_ON_INF:
             # AMP found an inf/NaN gradient: every access masked off (see _adam_kernel).
             n_elements = tl.where(skip, 0, n_elements)
-        # State offsets are multiples of _STATE_ALIGN elements (the bucket pads every region).
-        state_offset = tl.multiple_of(tl.load(row + _COL_STATE_OFFSET), _STATE_ALIGN)
-        lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd = _step_scalars(
-            hyper_ptr + t * _HYPER_WIDTH, pows_in_ptr + t * _POW_SLOT_WIDTH, lr, compute_dtype)
-        g_scale, clip_lo, clip_hi = _clip_scalars(
-            clip_scales_ptr + tl.load(row + _COL_CLIP_INDEX), hyper_ptr + t * _HYPER_WIDTH,
+        # State offsets are multiples of STATE_ALIGN elements (the bucket pads every region).
+        state_offset = tl.multiple_of(tl.load(row + COL_STATE_OFFSET_C), STATE_ALIGN_C)
+        lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd = step_scalars(
+            hyper_ptr + t * HYPER_WIDTH_C, pows_in_ptr + t * POW_SLOT_WIDTH_C, lr, compute_dtype)
+        g_scale, clip_lo, clip_hi = clip_scalars(
+            clip_scales_ptr + tl.load(row + COL_CLIP_INDEX_C), hyper_ptr + t * HYPER_WIDTH_C,
             compute_dtype, CLIP_SCALE, CLIP_VALUE)
 
         block_start = chunk * BLOCK  # int64
@@ -458,11 +356,6 @@ def _adam_tensor_list_kernel(
                         UNSCALE)
 
 
-def compute_dtype_for(param_dtype: torch.dtype) -> torch.dtype:
-    """The dtype of the moments, pows and arithmetic for params of ``param_dtype``."""
-    return torch.float64 if param_dtype == torch.float64 else torch.float32
-
-
 def kernel_constexprs(*, amsgrad: bool, coupled_decay: bool, decoupled_decay: bool,
                       clip_scale: bool = False, clip_value: bool = False, master: bool = False,
                       unscale: bool = False, skip_on_inf: bool = False) -> dict:
@@ -480,9 +373,6 @@ def kernel_constexprs(*, amsgrad: bool, coupled_decay: bool, decoupled_decay: bo
     )
 
 
-LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
 def _check_amp(grad_scale: torch.Tensor | None, found_inf: torch.Tensor | None,
                device: torch.device) -> None:
     for name, t in (("grad_scale", grad_scale), ("found_inf", found_inf)):
@@ -490,12 +380,6 @@ def _check_amp(grad_scale: torch.Tensor | None, found_inf: torch.Tensor | None,
             _check(t.numel() >= 1 and t.device == device and t.is_floating_point(), lambda:
                    f"{name} must be a floating tensor with one element on {device}, got "
                    f"{t.dtype} {tuple(t.shape)} on {t.device}")
-
-
-def grad_dtype_allowed(param_dtype: torch.dtype, grad_dtype: torch.dtype) -> bool:
-    """fp16/bf16 params may come with fp32 ("master") gradients; otherwise the dtypes match."""
-    return grad_dtype == param_dtype or (param_dtype in LOW_PRECISION
-                                         and grad_dtype == torch.float32)
 
 
 def _check_grad_dtype(param_dtype: torch.dtype, grad_dtype: torch.dtype) -> None:
@@ -556,7 +440,7 @@ def adam_update_(
     """
     check_interpretable(param.device)  # first: the checks below read device tensors' metadata
     cdtype = compute_dtype_for(param.dtype)
-    _check(param.dtype in _TRITON_DTYPES, lambda:
+    _check(param.dtype in TRITON_DTYPES, lambda:
            f"param dtype {param.dtype} is not float32, float64, float16 or bfloat16")
     _check_grad_dtype(param.dtype, grad.dtype)
     if master is not None:
@@ -611,10 +495,6 @@ def adam_update_(
             num_warps=NUM_WARPS,
             enable_fp_fusion=FP_FUSION,
         )
-
-
-_TRITON_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64,
-                  torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
 
 def adam_update_tensor_list_(
@@ -682,15 +562,16 @@ def adam_update_tensor_list_(
     n_tensors = tensor_table.shape[0] if tensor_table.dim() == 2 else -1
     _check(cdtype == compute_dtype_for(param_dtype), lambda:
            f"state dtype {cdtype} is not the compute dtype of {param_dtype} params")
-    _check(param_dtype in _TRITON_DTYPES and grad_dtype in _TRITON_DTYPES, lambda:
+    _check(param_dtype in TRITON_DTYPES and grad_dtype in TRITON_DTYPES, lambda:
            f"unsupported param/grad dtypes {param_dtype}/{grad_dtype}")
     _check(tensor_table.dtype == torch.int64 and tensor_table.dim() == 2
            and tensor_table.shape[1] == TABLE_WIDTH and tensor_table.is_contiguous(), lambda:
            f"tensor_table must be contiguous int64 [n, {TABLE_WIDTH}], got "
            f"{tensor_table.dtype} {tuple(tensor_table.shape)}")
     _check(chunk_table.dtype == torch.int32 and chunk_table.dim() == 2
-           and chunk_table.shape[1] == 2 and chunk_table.is_contiguous(), lambda:
-           f"chunk_table must be contiguous int32 [n, 2], got {chunk_table.dtype} "
+           and chunk_table.shape[1] == CHUNK_TABLE_WIDTH and chunk_table.is_contiguous(),
+           lambda: f"chunk_table must be contiguous int32 [n, {CHUNK_TABLE_WIDTH}], got "
+           f"{chunk_table.dtype} "
            f"{tuple(chunk_table.shape)}")
     expected = [("hyper", hyper, HYPER_WIDTH), ("pows_in", pows_in, POW_SLOT_WIDTH),
                 ("pows_out", pows_out, POW_SLOT_WIDTH)]
@@ -746,8 +627,8 @@ def tensor_list_constexprs(*, param_dtype: torch.dtype, grad_dtype: torch.dtype,
     """The constexpr arguments of one multi-tensor specialization (shared with the compile
     check)."""
     return dict(
-        PARAM_DTYPE=_TRITON_DTYPES[param_dtype],
-        GRAD_DTYPE=_TRITON_DTYPES[grad_dtype],
+        PARAM_DTYPE=TRITON_DTYPES[param_dtype],
+        GRAD_DTYPE=TRITON_DTYPES[grad_dtype],
         ALIGNED=bool(aligned),
         BLOCK=BLOCK_SIZE,
         POW_BLOCK=POW_BLOCK,

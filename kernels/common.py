@@ -14,6 +14,27 @@ host and would read device addresses as host memory.
 Host tables (launch tables, hyper-parameter rows) reach the device through ``upload``: a
 pinned staging copy and a non-blocking host-to-device copy, so that rebuilding a table never
 stalls the host on the device. Nothing here touches the CUDA driver at import time.
+
+It is also the one home of what every kernel module shares (no kernel module imports another's
+private names):
+
+* the launch configuration (``FP_FUSION``, the Adam program shape ``BLOCK_SIZE`` /
+  ``NUM_WARPS``, the chunk size ``CHUNK_SIZE`` of the chunk tables);
+* the dtype maps (``TRITON_DTYPES``: torch dtype -> Triton dtype; ``compute_dtype_for``);
+* the layouts of every device table the kernels read, with named columns, and their
+  ``tl.constexpr`` mirrors (the same name with a ``_C`` suffix: ``@triton.jit`` code may read
+  only constexpr globals, and reads columns only through these names, never literal offsets):
+  the hyper-parameter row (``HYPER_*``, ``HYPER_WIDTH``), a pow slot (``POW_BETA1``,
+  ``POW_BETA2``, ``POW_SLOT_WIDTH``), the multi-tensor tensor table (``COL_*``,
+  ``TABLE_WIDTH``), its chunk table (``CHUNK_TENSOR``, ``CHUNK_INDEX``, ``CHUNK_TABLE_WIDTH``)
+  and the alignment of flat state regions (``STATE_ALIGN``);
+* the IEEE arithmetic of every kernel (``sqrt_rn``, ``div_rn``: Triton's ``/`` and
+  ``tl.sqrt`` are approximate in float32 on NVIDIA GPUs) and the round-to-nearest-even
+  narrowing of a result to its storage dtype (``round_to``, exact under the interpreter too).
+
+The Adam step's own device functions (the per-program scalars, the gradient transform, the
+update math, the pow advance) live in ``kernels/update.py``; the kernels in ``adam.py``
+(dense, multi-tensor), ``lazy.py`` (sparse rows) and ``norm.py`` (clipping norms).
 """
 
 from __future__ import annotations
@@ -23,6 +44,7 @@ import os
 import numpy as np
 import torch
 import triton
+import triton.language as tl
 
 
 def interpreting() -> bool:
@@ -35,6 +57,156 @@ def interpreting() -> bool:
 
 
 _INTERPRETING = interpreting()
+
+
+# ---------------------------------------------------------------------------------------------
+# Launch configuration
+
+# FMA contraction on (a*b+c in one rounding), as nvcc's default (-fmad=true) with which Paddle's
+# CUDA kernels are built. Pinned at every launch: Triton 3.10 changes the default to off.
+FP_FUSION = True
+# 1024 elements per program with 4 warps: 8 contiguous elements per thread, i.e. two 16-byte
+# vector accesses per fp32 stream (one per fp64 stream), the shape measured to keep 16-byte
+# LDG/STG and ~48 registers on sm_80/sm_90 (see ../shared/performance-method.md).
+BLOCK_SIZE = 1024
+NUM_WARPS = 4
+# Elements per row of a chunk table (multi-tensor update, norm pass): a chunk is one block, so
+# every program of the multi-tensor kernel is the dense kernel's program, and the SASS audit
+# can read it. The chunk table costs 8 bytes per 1024 elements (55 MB for 7B parameters,
+# against 56 GB of moments), built once.
+CHUNK_SIZE = BLOCK_SIZE
+
+
+# ---------------------------------------------------------------------------------------------
+# Dtypes
+
+# torch dtype -> the Triton dtype of a kernel argument or pointer element.
+TRITON_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64,
+                 torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
+FLOAT_DTYPES = tuple(TRITON_DTYPES)
+# Parameter dtypes that may have fp32 master weights and fp32 gradients.
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+# Accumulation dtypes of a norm's sums of squares.
+ACC_DTYPES = (torch.float32, torch.float64)
+
+
+def compute_dtype_for(param_dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the moments, pows and arithmetic for params of ``param_dtype``."""
+    return torch.float64 if param_dtype == torch.float64 else torch.float32
+
+
+def grad_dtype_allowed(param_dtype: torch.dtype, grad_dtype: torch.dtype) -> bool:
+    """fp16/bf16 params may come with fp32 ("master") gradients; otherwise the dtypes match."""
+    return grad_dtype == param_dtype or (param_dtype in LOW_PRECISION
+                                         and grad_dtype == torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Table layouts (host values) and their constexpr mirrors (``NAME_C``, for @triton.jit code)
+
+# Columns of the per-tensor hyper-parameter row, in the compute dtype.
+HYPER_LR_SCALE = 0  # multiplies the step's learning rate (param attr lr, AdamW lr_ratio)
+HYPER_BETA1 = 1
+HYPER_BETA2 = 2
+HYPER_EPS = 3
+HYPER_L2 = 4  # coupled L2Decay coefficient: g += l2 * p
+HYPER_L1 = 5  # coupled L1Decay coefficient: g += l1 * sign(p)
+HYPER_WD = 6  # decoupled (AdamW) coefficient: p -= lr_t * wd * p
+HYPER_CLIP_MIN = 7  # ClipGradByValue bounds (-inf / inf for a tensor without value clipping)
+HYPER_CLIP_MAX = 8
+HYPER_WIDTH = 16  # padded to 16 so consecutive rows of a table stay 16-byte aligned
+
+# A pow slot holds (beta1_pow, beta2_pow) padded to 16 bytes in either compute dtype, so both
+# slots of a buffer have the same alignment and alternating them never changes the JIT's
+# specialization of the pointer.
+POW_BETA1 = 0  # beta1^t
+POW_BETA2 = 1  # beta2^t
+POW_SLOT_WIDTH = 4
+
+# The multi-tensor kernel's tables. A row of the int64 tensor table describes one tensor of a
+# bucket; a row of the int32 chunk table is one program's work: a chunk of one tensor.
+TABLE_WIDTH = 8  # int64 columns per tensor (64 bytes: rows stay aligned, room to grow)
+COL_PARAM_ADDR = 0  # data_ptr() of the param
+COL_GRAD_ADDR = 1  # data_ptr() of the gradient (0 when the tensor is inactive this step)
+COL_NUMEL = 2  # elements of the param
+COL_STATE_OFFSET = 3  # where the tensor's region starts in the bucket's flat state buffers
+COL_ACTIVE = 4  # 1 if the tensor is updated this step (its pows advance), else 0
+COL_CLIP_INDEX = 5  # which entry of the clip-scale buffer multiplies the gradient (CLIP_SCALE)
+CHUNK_TABLE_WIDTH = 2  # int32 columns per chunk-table row
+CHUNK_TENSOR = 0  # the tensor's row in the tensor table
+CHUNK_INDEX = 1  # which chunk of CHUNK_SIZE elements of that tensor
+# Every tensor's region of a flat state buffer starts at a multiple of 16 elements, so it is
+# 16-byte aligned (64 B in fp32) and the kernel can promise so with tl.multiple_of.
+STATE_ALIGN = 16
+
+HYPER_LR_SCALE_C = tl.constexpr(HYPER_LR_SCALE)
+HYPER_BETA1_C = tl.constexpr(HYPER_BETA1)
+HYPER_BETA2_C = tl.constexpr(HYPER_BETA2)
+HYPER_EPS_C = tl.constexpr(HYPER_EPS)
+HYPER_L2_C = tl.constexpr(HYPER_L2)
+HYPER_L1_C = tl.constexpr(HYPER_L1)
+HYPER_WD_C = tl.constexpr(HYPER_WD)
+HYPER_CLIP_MIN_C = tl.constexpr(HYPER_CLIP_MIN)
+HYPER_CLIP_MAX_C = tl.constexpr(HYPER_CLIP_MAX)
+HYPER_WIDTH_C = tl.constexpr(HYPER_WIDTH)
+POW_BETA1_C = tl.constexpr(POW_BETA1)
+POW_BETA2_C = tl.constexpr(POW_BETA2)
+POW_SLOT_WIDTH_C = tl.constexpr(POW_SLOT_WIDTH)
+TABLE_WIDTH_C = tl.constexpr(TABLE_WIDTH)
+COL_PARAM_ADDR_C = tl.constexpr(COL_PARAM_ADDR)
+COL_GRAD_ADDR_C = tl.constexpr(COL_GRAD_ADDR)
+COL_NUMEL_C = tl.constexpr(COL_NUMEL)
+COL_STATE_OFFSET_C = tl.constexpr(COL_STATE_OFFSET)
+COL_ACTIVE_C = tl.constexpr(COL_ACTIVE)
+COL_CLIP_INDEX_C = tl.constexpr(COL_CLIP_INDEX)
+CHUNK_TABLE_WIDTH_C = tl.constexpr(CHUNK_TABLE_WIDTH)
+CHUNK_TENSOR_C = tl.constexpr(CHUNK_TENSOR)
+CHUNK_INDEX_C = tl.constexpr(CHUNK_INDEX)
+STATE_ALIGN_C = tl.constexpr(STATE_ALIGN)
+
+
+# ---------------------------------------------------------------------------------------------
+# Device arithmetic shared by every kernel
+
+# fp32 -> bf16 must round to nearest even. Compiled, ``.to(tl.bfloat16)`` is LLVM's fptrunc,
+# i.e. ``cvt.rn.bf16`` (tests/test_compile_lazy.py checks the PTX); but the Triton 3.9
+# interpreter truncates toward zero for that conversion (even with
+# ``fp_downcast_rounding="rtne"``). Under the interpreter ``round_to`` therefore rounds with
+# integer arithmetic instead, so CPU runs give the bits a GPU gives. fp16 is exact in both.
+_INTERPRETER_BF16_RNE = tl.constexpr(_INTERPRETING)
+
+
+@triton.jit
+def round_to(p, dtype: tl.constexpr):
+    """``p`` (fp32 or fp64) rounded to nearest even in ``dtype`` (a storage dtype)."""
+    if _INTERPRETER_BF16_RNE and dtype == tl.bfloat16:
+        bits = p.to(tl.uint32, bitcast=True)
+        bits = bits + (0x7FFF + ((bits >> 16) & 1))  # carries into the exponent as it should
+        rounded = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+        out = tl.where(p != p, p.to(tl.bfloat16), rounded)  # NaN stays NaN
+    else:
+        out = p.to(dtype)
+    return out
+
+
+@triton.jit
+def sqrt_rn(x):
+    """Correctly rounded square root (fp32: sqrt.rn, not Triton's default sqrt.approx.ftz;
+    fp64 ``tl.sqrt`` is already sqrt.rn.f64, and ``tl.sqrt_rn`` takes fp32 only)."""
+    if x.dtype == tl.float64:
+        return tl.sqrt(x)
+    else:
+        return tl.sqrt_rn(x)
+
+
+@triton.jit
+def div_rn(a, b):
+    """Correctly rounded division (fp32: div.rn, not Triton's default div.full, 2 ulp; fp64
+    ``/`` is already div.rn.f64)."""
+    if a.dtype == tl.float64:
+        return a / b
+    else:
+        return tl.div_rn(a, b)
 
 # The devices of the guards currently entered, innermost last: what the tests read to check
 # that each launch runs on its tensors' device (a list append/pop costs well under a µs).

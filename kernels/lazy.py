@@ -8,9 +8,9 @@ tensor with one sparse dimension, as ``torch.nn.Embedding(sparse=True)`` produce
 ``[nnz, *param.shape[1:]]``. For every distinct row ``r`` among the indices::
 
     g[r]  = sum of values[i] over the i with indices[i] == r       (in sparse-tensor order)
-    p[r], m[r], v[r], vmax[r] = the dense update of section 1 on that row (the same
-            ``_adam_math`` as kernels/adam.py: coupled L2/L1 decay, AdamW, AMSGrad, bias
-            correction with the stored pows beta^t, epsilon scaled as in the GPU kernel)
+    p[r], m[r], v[r], vmax[r] = the dense update of section 1 on that row (the dense
+            kernels' ``adam_math`` of kernels/update.py: coupled L2/L1 decay, AdamW, AMSGrad,
+            bias correction with the stored pows beta^t, epsilon scaled as in the GPU kernel)
     b1p, b2p = b1p * beta1, b2p * beta2                           (once per step, per tensor)
 
 Rows absent from the gradient are not touched at all: neither the param nor any accumulator
@@ -18,6 +18,26 @@ is read or written. An empty gradient (``nnz == 0``) launches nothing: no update
 advance (Paddle returns early in that case). ``lazy_mode=False`` with a sparse gradient is the
 dense update of the densified gradient: ``dense_grad(grad)`` (duplicates summed in a fixed
 order, deterministic on a GPU too) then ``kernels.adam.adam_update_``.
+
+**Clipping and AMP** (``sparse_adam_update_``'s ``clip_scale``, ``clip_value``,
+``grad_scale``, ``found_inf``) act on ``g[r]``, the row's gradient after its duplicates are
+summed, in the dense kernels' order (``kernels/update.py``'s ``prepare_grad``). Paddle
+merges a SelectedRows gradient's duplicate rows before ``ClipGradByGlobalNorm`` /
+``ClipGradByNorm`` take its norm (``merge_selected_rows``; checked against Paddle 3.3.1 in
+tests/test_kernel_sparse_clip_amp.py) and its SelectedRows clip kernel merges them before it
+clamps (Paddle 3.3.1's dygraph ``ClipGradByValue`` raises on a SelectedRows gradient)::
+
+    g[r] = clamp(g[r] / grad_scale * clip_scale, clip_min, clip_max)    (each step optional)
+
+``found_inf`` set: nothing changes and the pows are copied to ``pows_out`` unchanged, as in
+the dense kernels. **The norm of a sparse gradient** counts each row once after its duplicates
+are summed, ids outside the table skipped::
+
+    ||g||^2 = sum over distinct r in [0, n_rows) of ||g[r]||^2
+
+``sparse_sum_squares_`` writes it as partial sums into a slice of the norm pass's partials
+buffer (``kernels/norm.py``), sized by ``sparse_sum_squares_size``, which the finalize
+(``clip_scales_``, ``output_sums_``) reduces with the dense tensors' partials.
 
 Design:
 
@@ -38,7 +58,10 @@ Design:
   the sm_80/sm_90 SASS (tests/test_compile_lazy.py), per updated element, loads + stores:
   fp32 16 + 12 (amsgrad 20 + 16), fp64 32 + 24, bf16/fp16 with fp32 master 14 + 14 (fp32
   gradient 16 + 14), half without master 12 + 10; +4 B (fp32 gradient) or +2 B (half) per
-  duplicate; all 16-byte vector accesses when ``width % 16 == 0``; no spills.
+  duplicate; all 16-byte vector accesses when ``width % 16 == 0``; no spills. Clipping and
+  AMP add per-program scalars only (the scale, the bounds, the loss scale, the flag). The
+  sparse sum of squares reads each gradient entry once (4 B per fp32 element, 2 per half)
+  and writes one partial per program.
   A run of many duplicates of one row is serial in one program (a hot row of a huge batch is
   a latency chain of ``d`` loads), the price of a deterministic sum without atomics.
 * **Pows without a race**, as in the dense kernel: every program reads ``pows_in``; only the
@@ -72,16 +95,25 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import check_interpretable, device_guard
-from .adam import (
+from .common import (
+    ACC_DTYPES,
+    FLOAT_DTYPES,
     FP_FUSION,
-    HYPER_BETA1,
-    HYPER_BETA2,
     HYPER_WIDTH,
-    _adam_math,
-    _round_to,
-    _step_scalars,
+    LOW_PRECISION,
+    TRITON_DTYPES,
+    check_interpretable,
     compute_dtype_for,
+    device_guard,
+    round_to,
+)
+from .update import (
+    adam_math,
+    advance_pows,
+    amp_scalars,
+    clip_scalars,
+    prepare_grad,
+    step_scalars,
 )
 
 # The widest column block, and the number of warps at that width: 1024 elements per program
@@ -104,14 +136,6 @@ MAX_REGISTERS = 128
 MAX_GRID_0 = 2**31 - 1
 MAX_GRID_1 = 65535
 
-
-# The hyper-row columns as seen from @triton.jit code (compiled kernels may read only
-# constexpr globals).
-_HYPER_BETA1 = tl.constexpr(HYPER_BETA1)
-_HYPER_BETA2 = tl.constexpr(HYPER_BETA2)
-
-_FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-_HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 @triton.jit
@@ -145,6 +169,9 @@ def _lazy_adam_kernel(
     hyper_ptr,  # *C [HYPER_WIDTH]: the tensor's hyper-parameter row (HYPER_* columns)
     pows_in_ptr,  # *C [2]: (beta1^t, beta2^t) used by this step, read by every program
     pows_out_ptr,  # *C [2]: receives the advanced pows, written by program (0, 0) only
+    clip_scale_ptr,  # *S [1]: the norm clip's scale (CLIP_SCALE only; else any pointer)
+    grad_scale_ptr,  # *f32 [1]: AMP loss scale the gradient is divided by (UNSCALE only)
+    found_inf_ptr,  # *f32 [1]: nonzero = skip this step entirely (SKIP_ON_INF only)
     lr: tl.float64,  # the step's learning rate (per step: never constexpr)
     nnz,  # entries of the sparse gradient = programs on axis 0 (per step: not specialized)
     n_rows,  # rows of the table: ids outside [0, n_rows) are skipped
@@ -154,6 +181,10 @@ def _lazy_adam_kernel(
     COUPLED_DECAY: tl.constexpr,  # g += l2 * p + l1 * sign(p) on the present rows
     DECOUPLED_DECAY: tl.constexpr,  # AdamW: p -= lr_t * wd * p on the present rows
     MASTER: tl.constexpr,  # p is read from and written to master_ptr; param gets it rounded
+    CLIP_SCALE: tl.constexpr,  # multiply each row's summed gradient by *clip_scale_ptr
+    CLIP_VALUE: tl.constexpr,  # clamp it to the hyper row's clip bounds
+    UNSCALE: tl.constexpr,  # divide it by *grad_scale_ptr (AMP), before clipping
+    SKIP_ON_INF: tl.constexpr,  # change nothing, copy the pows, when *found_inf_ptr
 ):
     compute_dtype = exp_avg_ptr.dtype.element_ty
     k = tl.program_id(0)  # position in the sorted ids
@@ -161,20 +192,31 @@ def _lazy_adam_kernel(
 
     if (k == 0) & (col_block == 0):
         # Exactly one program advances the pows, into the other buffer: no race with the
-        # programs still reading pows_in.
-        tl.store(pows_out_ptr + 0, tl.load(pows_in_ptr + 0) * tl.load(hyper_ptr + _HYPER_BETA1))
-        tl.store(pows_out_ptr + 1, tl.load(pows_in_ptr + 1) * tl.load(hyper_ptr + _HYPER_BETA2))
+        # programs still reading pows_in. A skipped step (AMP) copies them unchanged.
+        advance_pows(hyper_ptr, pows_in_ptr, pows_out_ptr, found_inf_ptr, SKIP_ON_INF)
 
     row = tl.load(sorted_rows_ptr + k)  # int64
     prev = tl.load(sorted_rows_ptr + tl.maximum(k - 1, 0))
     is_head = (k == 0) | (prev != row)  # first of its run of equal ids
-    if is_head & (row >= 0) & (row < n_rows):
+    update = is_head & (row >= 0) & (row < n_rows)
+    if SKIP_ON_INF:
+        update = update & (tl.load(found_inf_ptr) == 0)  # AMP overflow: nothing changes
+    if update:
         cols = col_block * BLOCK_W + tl.arange(0, BLOCK_W)
         mask = cols < width
         g = _run_sum(values_ptr, sorted_rows_ptr, perm_ptr, k, row, nnz, width, cols, mask,
                      compute_dtype)
+        # The row's gradient as the update sees it, in the dense kernels' order (after the
+        # duplicates are summed, as Paddle merges rows before it clips): AMP unscale, the norm
+        # clip's scale, the value clip. Read after the loop: nothing more is live across it.
+        inv_grad_scale, _ = amp_scalars(grad_scale_ptr, found_inf_ptr, compute_dtype, UNSCALE,
+                                        False)
+        g_scale, clip_lo, clip_hi = clip_scalars(clip_scale_ptr, hyper_ptr, compute_dtype,
+                                                 CLIP_SCALE, CLIP_VALUE)
+        g = prepare_grad(g, inv_grad_scale, g_scale, clip_lo, clip_hi, UNSCALE, CLIP_SCALE,
+                         CLIP_VALUE)
 
-        lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd = _step_scalars(
+        lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd = step_scalars(
             hyper_ptr, pows_in_ptr, lr, compute_dtype)
         # The row's start in every table is an int64 scalar added to each pointer once; the
         # columns are int32 offsets from it (per-element int64 offsets cost registers).
@@ -189,9 +231,9 @@ def _lazy_adam_kernel(
             vmax = tl.load(max_exp_avg_sq_ptr + row_start + cols, mask=mask)
         else:
             vmax = v  # unused
-        p, m, v, vmax = _adam_math(p, g, m, v, vmax, lr_t, step_size, inv_sqrt_bc2, beta1,
-                                   beta2, eps, l2, l1, wd, AMSGRAD, COUPLED_DECAY,
-                                   DECOUPLED_DECAY)
+        p, m, v, vmax = adam_math(p, g, m, v, vmax, lr_t, step_size, inv_sqrt_bc2, beta1,
+                                  beta2, eps, l2, l1, wd, AMSGRAD, COUPLED_DECAY,
+                                  DECOUPLED_DECAY)
         # Re-read the row id (a cached scalar; volatile, so the compiler cannot reuse the first
         # load) rather than keep four or five 64-bit store addresses live across the fp32
         # div.rn / sqrt.rn slow-path subroutine calls: fewer registers (fp64 amsgrad 120 -> 96).
@@ -202,7 +244,7 @@ def _lazy_adam_kernel(
         tl.store(exp_avg_sq_ptr + row_start + cols, v, mask=mask)
         if MASTER:
             tl.store(master_ptr + row_start + cols, p, mask=mask)
-        tl.store(param_ptr + row_start + cols, _round_to(p, param_ptr.dtype.element_ty),
+        tl.store(param_ptr + row_start + cols, round_to(p, param_ptr.dtype.element_ty),
                  mask=mask)
 
 
@@ -231,8 +273,41 @@ def _densify_rows_kernel(
         mask = cols < width
         g = _run_sum(values_ptr, sorted_rows_ptr, perm_ptr, k, row, nnz, width, cols, mask,
                      ACC_DTYPE)
-        tl.store(dense_ptr + row * width + cols, _round_to(g, dense_ptr.dtype.element_ty),
+        tl.store(dense_ptr + row * width + cols, round_to(g, dense_ptr.dtype.element_ty),
                  mask=mask)
+
+
+@triton.jit(do_not_specialize=["nnz", "row_programs"])
+def _sparse_sum_squares_kernel(
+    values_ptr,  # *G [nnz, width]: the gradient rows, in the sparse tensor's (unsorted) order
+    sorted_rows_ptr,  # *i64 [nnz]: the row ids sorted ascending (stable sort)
+    perm_ptr,  # *i64 [nnz]: perm[k] is the position in values of sorted_rows[k]
+    partials_ptr,  # *ACC [row_programs * column blocks]: one sum of squares per program
+    nnz,  # entries of the sparse gradient (per step: not specialized)
+    n_rows,  # rows of the table: ids outside [0, n_rows) are skipped
+    width,  # elements per row
+    row_programs,  # programs on axis 0: program r takes sorted positions r, r + row_programs..
+    SUM_DTYPE: tl.constexpr,  # dtype a row's duplicates are summed in (the update's: fp32/fp64)
+    ACC_DTYPE: tl.constexpr,  # accumulation dtype of the squares (the element type of partials)
+    BLOCK_W: tl.constexpr,  # columns per program (axis 1 of the grid walks the blocks)
+):
+    # Each run of equal ids is summed by its head, once, as the update sums it (_run_sum, the
+    # same order and dtype), and its squares added: every present row counts once, after its
+    # duplicates are summed. A fixed order (positions ascending, then one reduction over the
+    # lanes), no atomics: the same bits on every run.
+    r = tl.program_id(0)
+    col_block = tl.program_id(1)
+    cols = col_block * BLOCK_W + tl.arange(0, BLOCK_W)
+    mask = cols < width
+    acc = tl.zeros([BLOCK_W], dtype=ACC_DTYPE)
+    for k in range(r, nnz, row_programs):
+        row = tl.load(sorted_rows_ptr + k)
+        prev = tl.load(sorted_rows_ptr + tl.maximum(k - 1, 0))
+        if ((k == 0) | (prev != row)) & (row >= 0) & (row < n_rows):
+            g = _run_sum(values_ptr, sorted_rows_ptr, perm_ptr, k, row, nnz, width, cols, mask,
+                         SUM_DTYPE).to(ACC_DTYPE)
+            acc += g * g
+    tl.store(partials_ptr + r * tl.num_programs(1) + col_block, tl.sum(acc, axis=0))
 
 
 def row_block_config(width: int) -> tuple[int, int]:
@@ -248,7 +323,9 @@ def row_block_config(width: int) -> tuple[int, int]:
 
 
 def lazy_kernel_constexprs(*, block_w: int, amsgrad: bool, coupled_decay: bool,
-                           decoupled_decay: bool, master: bool) -> dict:
+                           decoupled_decay: bool, master: bool, clip_scale: bool = False,
+                           clip_value: bool = False, unscale: bool = False,
+                           skip_on_inf: bool = False) -> dict:
     """The constexpr arguments of one specialization (shared with the compile check)."""
     return dict(
         BLOCK_W=int(block_w),
@@ -256,13 +333,17 @@ def lazy_kernel_constexprs(*, block_w: int, amsgrad: bool, coupled_decay: bool,
         COUPLED_DECAY=bool(coupled_decay),
         DECOUPLED_DECAY=bool(decoupled_decay),
         MASTER=bool(master),
+        CLIP_SCALE=bool(clip_scale),
+        CLIP_VALUE=bool(clip_value),
+        UNSCALE=bool(unscale),
+        SKIP_ON_INF=bool(skip_on_inf),
     )
 
 
-def _check(cond: bool, message) -> None:
+def _check(cond: bool, message, where: str = "sparse_adam_update_") -> None:
     # As in kernels/adam.py: the message is formatted only on failure.
     if not cond:
-        raise ValueError(f"sparse_adam_update_: {message()}")
+        raise ValueError(f"{where}: {message()}")
 
 
 def sparse_adam_update_(
@@ -279,12 +360,28 @@ def sparse_adam_update_(
     coupled_decay: bool,
     decoupled_decay: bool,
     master: torch.Tensor | None = None,
+    clip_scale: torch.Tensor | None = None,
+    clip_value: bool = False,
+    grad_scale: torch.Tensor | None = None,
+    found_inf: torch.Tensor | None = None,
 ) -> bool:
     """Apply one lazy Adam step (only the rows present in ``grad``) to ``param`` in place.
 
     One device sort of the row ids and one kernel launch; no host sync. Returns True when it
-    launched (the pows were advanced into ``pows_out``), False for an empty gradient, which
-    changes nothing (``pows_out`` not written: the caller keeps using ``pows_in``).
+    launched (``pows_out`` was written: the pows advanced, or copied when ``found_inf`` is
+    set), False for an empty gradient, which changes nothing (``pows_out`` not written: the
+    caller keeps using ``pows_in``).
+
+    Clipping and AMP act on each present row's gradient **after its duplicates are summed**
+    (Paddle merges a SelectedRows gradient's duplicate rows before it takes a norm, and its
+    SelectedRows clip kernel before it clamps), in the dense kernels' order: ``g_r = sum of
+    the row's entries`` (compute dtype), then ``g_r / grad_scale`` (AMP), ``* clip_scale`` (a
+    norm clip), clamped to ``[hyper[HYPER_CLIP_MIN], hyper[HYPER_CLIP_MAX]]`` (value clip),
+    then the decay terms and the update. Unscaling (or norm-scaling) the sum instead of each
+    entry is the same value up to rounding, exactly the same for a power-of-two loss scale
+    (GradScaler's).
+    The norm a clip scale comes from counts each row once after its duplicates are summed:
+    ``sparse_sum_squares_``.
 
     Args:
         param: contiguous float32, float64, float16 or bfloat16 tensor with at least one
@@ -306,11 +403,21 @@ def sparse_adam_update_(
             None. With it the kernel reads p from the master, writes the master and the param
             rounded to nearest. Without it a half param is computed in fp32 from its own
             values (Paddle's behaviour without ``multi_precision``).
+        clip_scale: a 1-element float32/float64 tensor on the param's device that multiplies
+            each present row's summed gradient (a norm clip's scale, computed on the device),
+            or None.
+        clip_value: clamp each present row's summed gradient to the hyper row's
+            ``HYPER_CLIP_MIN`` / ``HYPER_CLIP_MAX`` (NaN stays NaN).
+        grad_scale: AMP's loss scale (1 element, device): the gradient is divided by it,
+            before clipping.
+        found_inf: AMP's overflow flag (1 element, device): when nonzero nothing changes
+            (param, master, moments) and the pows are copied to ``pows_out`` unchanged, as
+            the dense kernels do, so the caller flips its pow slots whenever this returns True.
     """
     check_interpretable(param.device)
     _check(grad.layout == torch.sparse_coo, lambda: f"grad layout {grad.layout} is not "
            "torch.sparse_coo (a dense gradient takes kernels.adam.adam_update_)")
-    _check(param.dtype in _FLOAT_DTYPES, lambda: f"param dtype {param.dtype} is not one of "
+    _check(param.dtype in FLOAT_DTYPES, lambda: f"param dtype {param.dtype} is not one of "
            "float32, float64, float16, bfloat16")
     _check(param.dim() >= 1, lambda: "param must have at least one dimension (the rows)")
     _check(tuple(grad.shape) == tuple(param.shape), lambda: f"grad shape {tuple(grad.shape)} "
@@ -330,7 +437,7 @@ def sparse_adam_update_(
         states.append(("max_exp_avg_sq", max_exp_avg_sq))
     scalars = [("hyper", hyper), ("pows_in", pows_in), ("pows_out", pows_out)]
     if master is not None:
-        _check(param.dtype in _HALF_DTYPES, lambda: f"master weights are for float16/bfloat16 "
+        _check(param.dtype in LOW_PRECISION, lambda: f"master weights are for float16/bfloat16 "
                f"params, param is {param.dtype}")
         _check(master.dtype == torch.float32, lambda: f"master dtype {master.dtype} is not "
                "float32")
@@ -349,6 +456,16 @@ def sparse_adam_update_(
            "values")
     _check(pows_in.numel() >= 2 and pows_out.numel() >= 2, lambda: "pows need 2 values each")
     _check(pows_in.data_ptr() != pows_out.data_ptr(), lambda: "pows_in and pows_out must differ")
+    if clip_scale is not None:
+        _check(clip_scale.numel() >= 1 and clip_scale.device == param.device
+               and clip_scale.dtype in ACC_DTYPES, lambda:
+               f"clip_scale must be a float32/float64 tensor on {param.device}, got "
+               f"{clip_scale.dtype} {tuple(clip_scale.shape)} on {clip_scale.device}")
+    for name, t in (("grad_scale", grad_scale), ("found_inf", found_inf)):
+        if t is not None:
+            _check(t.numel() >= 1 and t.device == param.device and t.is_floating_point(),
+                   lambda: f"{name} must be a floating tensor with one element on "
+                   f"{param.device}, got {t.dtype} {tuple(t.shape)} on {t.device}")
 
     nnz = indices.shape[1]  # host metadata of the sparse tensor: no sync
     n_rows = param.shape[0]
@@ -368,10 +485,16 @@ def sparse_adam_update_(
             param, master if master is not None else param, values, sorted_rows, perm,
             exp_avg, exp_avg_sq, max_exp_avg_sq if max_exp_avg_sq is not None else exp_avg_sq,
             hyper, pows_in, pows_out,
+            clip_scale if clip_scale is not None else hyper,
+            grad_scale if grad_scale is not None else hyper,
+            found_inf if found_inf is not None else hyper,
             float(lr), nnz, n_rows, width,
             **lazy_kernel_constexprs(block_w=block_w, amsgrad=max_exp_avg_sq is not None,
                                      coupled_decay=coupled_decay,
-                                     decoupled_decay=decoupled_decay, master=master is not None),
+                                     decoupled_decay=decoupled_decay, master=master is not None,
+                                     clip_scale=clip_scale is not None, clip_value=clip_value,
+                                     unscale=grad_scale is not None,
+                                     skip_on_inf=found_inf is not None),
             num_warps=num_warps,
             enable_fp_fusion=FP_FUSION,
             **_register_budget(param.device),
@@ -420,7 +543,7 @@ def dense_grad(grad: torch.Tensor) -> torch.Tensor:
     values = grad._values()
     _check(indices.dtype == torch.int64, lambda: f"grad indices dtype {indices.dtype} is not "
            "int64")
-    _check(values.dtype in _FLOAT_DTYPES, lambda: f"grad values dtype {values.dtype} is not "
+    _check(values.dtype in FLOAT_DTYPES, lambda: f"grad values dtype {values.dtype} is not "
            "one of float32, float64, float16, bfloat16")
     values = values.contiguous()
     dense = torch.zeros(grad.shape, dtype=values.dtype, device=values.device)
@@ -440,3 +563,124 @@ def dense_grad(grad: torch.Tensor) -> torch.Tensor:
             ACC_DTYPE=tl.float64 if values.dtype == torch.float64 else tl.float32,
             BLOCK_W=block_w, num_warps=num_warps, enable_fp_fusion=FP_FUSION)
     return dense
+
+
+# Programs on axis 0 of the sparse sum of squares by default (times the column blocks of a
+# row): enough for a GPU to overlap the per-position latency chains (sorted id, permutation,
+# gradient row), few enough that the finalize reads them at once (16 KB of float32 partials).
+SPARSE_NORM_ROW_PROGRAMS = 4096
+
+
+def _row_geometry(shape) -> tuple[int, int, int, int]:
+    """``(n_rows, width, BLOCK_W, num_warps)`` of a table of ``shape`` (dim 0 the rows)."""
+    n_rows = int(shape[0])
+    width = 1
+    for d in shape[1:]:
+        width *= int(d)
+    block_w, num_warps = row_block_config(width)
+    return n_rows, width, block_w, num_warps
+
+
+def sparse_sum_squares_size(shape, *, row_programs: int | None = None) -> int:
+    """The number of partials ``sparse_sum_squares_`` writes for a gradient of ``shape`` (the
+    param's shape): ``row_programs`` times the column blocks of a row (``row_block_config``).
+
+    The default, ``min(SPARSE_NORM_ROW_PROGRAMS, n_rows)`` (at least 1), depends only on the
+    shape: the caller reserves a fixed slice of its partials buffer for the tensor and builds
+    the finalize tables once, whatever the number of entries of each step's gradient.
+    ``row_programs=grad._nnz()`` gives one program per entry (the most parallel; the count
+    then follows every step's nnz, and so must the slice and the finalize tables).
+    """
+    n_rows, width, block_w, _ = _row_geometry(shape)
+    if row_programs is None:
+        row_programs = max(1, min(SPARSE_NORM_ROW_PROGRAMS, n_rows))
+    if not isinstance(row_programs, int) or row_programs < 0:
+        raise ValueError(f"sparse_sum_squares_size: row_programs must be a non-negative int, "
+                         f"got {row_programs!r}")
+    return row_programs * max(1, triton.cdiv(width, block_w))
+
+
+def sparse_sum_squares_(grad: torch.Tensor, partials: torch.Tensor) -> None:
+    """Write the sum of squares of a row-sparse gradient into ``partials``, for the norm of a
+    clip: per-program partial sums whose total is
+
+        sum over the distinct ids r in [0, n_rows) of || sum of grad's entries of row r ||^2
+
+    i.e. each present row counts once, after its duplicates are summed, as Paddle takes the
+    norm of a SelectedRows gradient (``merge_selected_rows`` then the squared L2 norm, in
+    ``ClipGradByGlobalNorm`` and ``ClipGradByNorm``), and as the lazy update then sees the
+    row. Ids outside ``[0, n_rows)`` are skipped, as in the update. A row's duplicates are
+    summed as the update sums them (sparse-tensor order, in float32, float64 for float64
+    values), then squared and accumulated in the dtype of ``partials`` (the accumulation
+    dtype, ``norm.accumulation_dtype_for``). This is the norm of the densified gradient
+    (``dense_grad``) too, up to its rounding of each row to the values' dtype.
+
+    One device sort of the ids and one launch of ``partials.numel()`` programs (row programs
+    x column blocks, see ``sparse_sum_squares_size``), deterministic (positions in a fixed
+    order, one reduction per program, no atomics), no host sync. The result composes with
+    ``norm.clip_scales_`` / ``norm.output_sums_``: pass a slice of the step's one partials
+    buffer (``partials[off : off + sparse_sum_squares_size(param.shape)]``) and name that
+    range in the finalize's segments, like a bucket's slice of ``sum_squares_tensor_list_``.
+    An empty gradient writes zeros (no kernel).
+
+    Args:
+        grad: sparse COO tensor with one sparse dimension (rows), as for
+            ``sparse_adam_update_``; values float32, float64, float16 or bfloat16.
+        partials: contiguous 1-D float32 or float64 (float64 for float64 values) tensor on the
+            gradient's device, of a multiple of the row's column blocks; its size sets the
+            number of row programs (``sparse_sum_squares_size``).
+    """
+    where = "sparse_sum_squares_"
+    check_interpretable(grad.device)  # first: the checks below read the tensors' metadata
+    _check(grad.layout == torch.sparse_coo, lambda: f"grad layout {grad.layout} is not "
+           "torch.sparse_coo", where)
+    _check(grad.sparse_dim() == 1 and grad.dim() >= 1, lambda: f"grad has "
+           f"{grad.sparse_dim()} sparse dimensions, expected 1 (sparse rows, dense rest)", where)
+    indices = grad._indices()
+    values = grad._values()
+    _check(indices.dtype == torch.int64, lambda: f"grad indices dtype {indices.dtype} is not "
+           "int64", where)
+    _check(values.dtype in FLOAT_DTYPES, lambda: f"grad values dtype {values.dtype} is not "
+           "one of float32, float64, float16, bfloat16", where)
+    _check(values.is_contiguous(), lambda: "grad values are not contiguous", where)
+    _check(partials.dtype in ACC_DTYPES and partials.dim() == 1 and partials.is_contiguous(),
+           lambda: f"partials must be a contiguous 1-D float32/float64 buffer, got "
+           f"{partials.dtype} {tuple(partials.shape)}", where)
+    _check(values.dtype != torch.float64 or partials.dtype == torch.float64, lambda:
+           "float64 gradients need float64 partials (Paddle sums their squares in float64)",
+           where)
+    _check(partials.device == grad.device, lambda: f"partials are on {partials.device}, grad "
+           f"on {grad.device}", where)
+    nnz = indices.shape[1]  # host metadata of the sparse tensor: no sync
+    n_rows, width, block_w, num_warps = _row_geometry(grad.shape)
+    col_blocks = max(1, triton.cdiv(width, block_w))
+    n_partials = partials.shape[0]
+    row_programs = n_partials // col_blocks
+    _check(n_partials % col_blocks == 0 and (row_programs >= 1 or nnz == 0), lambda:
+           f"partials has {n_partials} entries: expected a positive multiple of the "
+           f"{col_blocks} column blocks of a row (sparse_sum_squares_size)", where)
+    _check(row_programs <= MAX_GRID_0 and col_blocks <= MAX_GRID_1
+           and n_partials < 2**31, lambda: f"{row_programs} x {col_blocks} programs: more "
+           "than one launch can cover", where)
+    if n_partials == 0:
+        return
+    if nnz == 0:
+        partials.zero_()
+        return
+    with device_guard(grad.device):
+        sorted_rows, perm = torch.sort(indices[0], stable=True)
+        _sparse_sum_squares_kernel[(row_programs, col_blocks)](
+            values, sorted_rows, perm, partials, nnz, n_rows, width, row_programs,
+            **sparse_sum_squares_constexprs(values_dtype=values.dtype,
+                                            acc_dtype=partials.dtype, block_w=block_w),
+            num_warps=num_warps,
+            enable_fp_fusion=FP_FUSION,
+        )
+
+
+def sparse_sum_squares_constexprs(*, values_dtype: torch.dtype, acc_dtype: torch.dtype,
+                                  block_w: int) -> dict:
+    """The constexpr arguments of one sparse sum-of-squares specialization (shared with the
+    compile check)."""
+    return dict(SUM_DTYPE=tl.float64 if values_dtype == torch.float64 else tl.float32,
+                ACC_DTYPE=TRITON_DTYPES[acc_dtype], BLOCK_W=int(block_w))

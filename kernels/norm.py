@@ -61,6 +61,11 @@ How the optimizer maps Paddle's clips onto it:
   Paddle 3.3.1 has no float64 ``clip_by_norm`` kernel at all; float64 tensors work here.)
   Paddle raises at clip time unless ``clip_norm > 0``: the kernel cannot, so the optimizer
   must check the configuration on the host (``ClipGradByNorm.check``).
+* Sparse (row COO) gradients: ``kernels.lazy.sparse_sum_squares_`` writes their sums of
+  squares (each row once, after its duplicates are summed) into a slice of the same partials
+  buffer, ``kernels.lazy.sparse_sum_squares_size(param.shape)`` entries (fixed per shape, so
+  the segments built once stay valid whatever each step's number of entries); its range is a
+  segment like a bucket's slice.
 * Tensors with ``need_clip=False`` (or without a clip) must not enter a norm: give the norm pass
   a chunk table of the clipped tensors only (the Adam chunk table itself when every active
   tensor is clipped). Inactive tensors (grad None, ``COL_GRAD_ADDR`` 0) must not appear in it.
@@ -88,15 +93,25 @@ import torch
 import triton
 import triton.language as tl
 
-from triton_adam.kernels.common import device_guard, upload
-from triton_adam.kernels.adam import (
-    FP_FUSION,
+from .common import (
+    ACC_DTYPES,
     BLOCK_SIZE,
+    CHUNK_INDEX_C,
     CHUNK_SIZE,
-    COL_GRAD_ADDR,
-    COL_NUMEL,
+    CHUNK_TABLE_WIDTH,
+    CHUNK_TABLE_WIDTH_C,
+    CHUNK_TENSOR_C,
+    COL_GRAD_ADDR_C,
+    COL_NUMEL_C,
+    FP_FUSION,
     NUM_WARPS,
     TABLE_WIDTH,
+    TABLE_WIDTH_C,
+    TRITON_DTYPES,
+    device_guard,
+    div_rn,
+    sqrt_rn,
+    upload,
 )
 
 __all__ = [
@@ -123,6 +138,10 @@ OUT_SEG_BEGIN = 0  # first segment row of the output
 OUT_SEG_END = 1  # one past its last segment row
 OUT_MODE = 2  # MODE_*
 OUT_WIDTH = 4  # padded: 32-byte rows
+# Columns of the int64 segments table.
+SEG_START = 0  # first partial of the range
+SEG_END = 1  # one past its last partial
+SEG_WIDTH = 2
 
 # A coarser chunk for a norm-only chunk table: one partial per 16 blocks (a 7B-parameter model
 # gives 427k partials, 1.7 MB in float32, for the finalize; the Adam chunk table, one block per
@@ -132,15 +151,18 @@ NORM_CHUNK_SIZE = 16 * BLOCK_SIZE
 # Partials one finalize program loads per iteration (4 warps: 8 per thread, 16-byte loads).
 FINALIZE_BLOCK = 1024
 
-_TABLE_WIDTH = tl.constexpr(TABLE_WIDTH)
-_COL_GRAD_ADDR = tl.constexpr(COL_GRAD_ADDR)
-_COL_NUMEL = tl.constexpr(COL_NUMEL)
+# The same constants as seen from @triton.jit code (constexpr mirrors, as in kernels/common.py).
 _OUT_WIDTH = tl.constexpr(OUT_WIDTH)
 _OUT_SEG_BEGIN = tl.constexpr(OUT_SEG_BEGIN)
 _OUT_SEG_END = tl.constexpr(OUT_SEG_END)
 _OUT_MODE = tl.constexpr(OUT_MODE)
+_SEG_START = tl.constexpr(SEG_START)
+_SEG_END = tl.constexpr(SEG_END)
+_SEG_WIDTH = tl.constexpr(SEG_WIDTH)
 _MODE_GLOBAL = tl.constexpr(MODE_GLOBAL)
 _MODE_BY_NORM = tl.constexpr(MODE_BY_NORM)
+_PHASE_SUMS = tl.constexpr(PHASE_SUMS)
+_PHASE_SCALES = tl.constexpr(PHASE_SCALES)
 
 
 @triton.jit
@@ -185,12 +207,13 @@ def _sum_squares_kernel(
     BLOCKS_PER_CHUNK: tl.constexpr,  # chunk size / BLOCK: inner iterations per chunk
 ):
     pid = tl.program_id(0)  # one program per chunk-table row: the grid is exactly n_chunks
-    t = tl.load(chunk_table_ptr + 2 * pid)
-    chunk = tl.load(chunk_table_ptr + 2 * pid + 1).to(tl.int64)
-    row = tensor_table_ptr + t.to(tl.int64) * _TABLE_WIDTH
-    grad_addr = tl.load(row + _COL_GRAD_ADDR)
+    chunk_row = chunk_table_ptr + CHUNK_TABLE_WIDTH_C * pid
+    t = tl.load(chunk_row + CHUNK_TENSOR_C)
+    chunk = tl.load(chunk_row + CHUNK_INDEX_C).to(tl.int64)
+    row = tensor_table_ptr + t.to(tl.int64) * TABLE_WIDTH_C
+    grad_addr = tl.load(row + COL_GRAD_ADDR_C)
     grad_ptr = grad_addr.to(tl.pointer_type(GRAD_DTYPE))
-    n_elements = tl.load(row + _COL_NUMEL)
+    n_elements = tl.load(row + COL_NUMEL_C)
     chunk_start = chunk * (BLOCK * BLOCKS_PER_CHUNK)  # int64 offsets: tensors beyond 2^31 exist
     # Each row decides on the device whether its address allows 16-byte loads (a table load
     # carries no alignment): one unaligned gradient does not slow down the others.
@@ -207,25 +230,6 @@ def _sum_squares_kernel(
 
 
 @triton.jit
-def _sqrt_rn(x):
-    # IEEE square root: tl.sqrt is approximate for float32 (sqrt.approx) and tl.sqrt_rn takes
-    # float32 only; float64 tl.sqrt is already round-to-nearest (sqrt.rn.f64).
-    if x.dtype == tl.float64:
-        return tl.sqrt(x)
-    else:
-        return tl.sqrt_rn(x)
-
-
-@triton.jit
-def _div_rn(x, y):
-    # IEEE division: float32 ``/`` is div.full (2 ulp); float64 ``/`` is div.rn.f64.
-    if x.dtype == tl.float64:
-        return x / y
-    else:
-        return tl.div_rn(x, y)
-
-
-@triton.jit
 def _clip_finalize_kernel(
     partials_ptr,  # *ACC: sums of squares, written by the sum-of-squares passes
     segments_ptr,  # *i64 [n_segments, 2]: (start, end) ranges of partials
@@ -239,7 +243,7 @@ def _clip_finalize_kernel(
 ):
     o = tl.program_id(0).to(tl.int64)
     row = outputs_ptr + o * _OUT_WIDTH
-    if PHASE == 2:
+    if PHASE == _PHASE_SCALES:
         # The sum of squares was reduced by PHASE_SUMS (then all-reduced over the ranks):
         # partials and segments are not read.
         total = tl.load(norms_ptr + o)
@@ -248,34 +252,31 @@ def _clip_finalize_kernel(
         seg_end = tl.load(row + _OUT_SEG_END)
         acc = tl.zeros([BLOCK], dtype=ACC_DTYPE)
         for s in range(seg_begin, seg_end):
-            start = tl.load(segments_ptr + 2 * s)
-            end = tl.load(segments_ptr + 2 * s + 1)
+            start = tl.load(segments_ptr + _SEG_WIDTH * s + _SEG_START)
+            end = tl.load(segments_ptr + _SEG_WIDTH * s + _SEG_END)
             for i in range(start, end, BLOCK):
                 offs = i + tl.arange(0, BLOCK)
                 acc += tl.load(partials_ptr + offs, mask=offs < end, other=0.0)
         total = tl.sum(acc, axis=0)
-    if PHASE == 1:
+    if PHASE == _PHASE_SUMS:
         # The same reduction, in the same order, as PHASE_ALL: its sum, not yet its root.
         tl.store(norms_ptr + o, total)
         return
     mode = tl.load(row + _OUT_MODE)
-    norm = _sqrt_rn(total)
+    norm = sqrt_rn(total)
     c = tl.load(clip_norms_ptr + o).to(ACC_DTYPE)
 
     # MODE_GLOBAL: c / max(norm, c), NaN-propagating like paddle.maximum (c >= NaN is false).
-    global_scale = _div_rn(c, tl.where(c >= norm, c, norm))
+    global_scale = div_rn(c, tl.where(c >= norm, c, norm))
     # MODE_GLOBAL_AUTO_SKIP clips when norm > c (NaN: no); MODE_BY_NORM unless norm <= c (NaN:
     # yes). The denominator of a non-clipping output is set to 1 to keep the division finite.
     clip = tl.where(mode == _MODE_BY_NORM, (norm <= c) == 0, norm > c)
-    cond_scale = tl.where(clip, _div_rn(c, tl.where(clip, norm, 1.0)), 1.0)
+    cond_scale = tl.where(clip, div_rn(c, tl.where(clip, norm, 1.0)), 1.0)
     scale = tl.where(mode == _MODE_GLOBAL, global_scale, cond_scale)
     tl.store(norms_ptr + o, norm)
     tl.store(scales_ptr + o, scale)
 
 
-_TRITON_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64,
-                  torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
-_ACC_DTYPES = (torch.float32, torch.float64)
 
 
 def accumulation_dtype_for(grad_dtypes: Sequence[torch.dtype]) -> torch.dtype:
@@ -294,7 +295,7 @@ def sum_squares_constexprs(*, grad_dtype: torch.dtype, acc_dtype: torch.dtype,
                            aligned: bool, chunk_size: int = CHUNK_SIZE) -> dict:
     """The constexpr arguments of one sum-of-squares specialization (shared with the compile
     check)."""
-    return dict(GRAD_DTYPE=_TRITON_DTYPES[grad_dtype], ACC_DTYPE=_TRITON_DTYPES[acc_dtype],
+    return dict(GRAD_DTYPE=TRITON_DTYPES[grad_dtype], ACC_DTYPE=TRITON_DTYPES[acc_dtype],
                 ALIGNED=bool(aligned), BLOCK=BLOCK_SIZE,
                 BLOCKS_PER_CHUNK=chunk_size // BLOCK_SIZE)
 
@@ -305,7 +306,7 @@ def finalize_constexprs(*, acc_dtype: torch.dtype, phase: int = PHASE_ALL) -> di
     or ``PHASE_SCALES`` (``scales_from_sums_``)."""
     if phase not in (PHASE_ALL, PHASE_SUMS, PHASE_SCALES):
         raise ValueError(f"finalize_constexprs: unknown phase {phase!r}")
-    return dict(ACC_DTYPE=_TRITON_DTYPES[acc_dtype], BLOCK=FINALIZE_BLOCK, PHASE=phase)
+    return dict(ACC_DTYPE=TRITON_DTYPES[acc_dtype], BLOCK=FINALIZE_BLOCK, PHASE=phase)
 
 
 def sum_squares_tensor_list_(
@@ -344,8 +345,8 @@ def sum_squares_tensor_list_(
     _check(isinstance(chunk_size, int) and chunk_size > 0 and chunk_size % BLOCK_SIZE == 0,
            where, lambda: f"chunk_size must be a positive multiple of {BLOCK_SIZE}, got "
            f"{chunk_size!r}")
-    _check(grad_dtype in _TRITON_DTYPES, where, lambda: f"unsupported grad dtype {grad_dtype}")
-    _check(partials.dtype in _ACC_DTYPES, where, lambda:
+    _check(grad_dtype in TRITON_DTYPES, where, lambda: f"unsupported grad dtype {grad_dtype}")
+    _check(partials.dtype in ACC_DTYPES, where, lambda:
            f"partials must be float32 or float64, got {partials.dtype}")
     _check(grad_dtype != torch.float64 or partials.dtype == torch.float64, where, lambda:
            "float64 gradients need float64 partials (Paddle sums their squares in float64)")
@@ -354,8 +355,9 @@ def sum_squares_tensor_list_(
            lambda: f"tensor_table must be contiguous int64 [n, {TABLE_WIDTH}], got "
            f"{tensor_table.dtype} {tuple(tensor_table.shape)}")
     _check(chunk_table.dtype == torch.int32 and chunk_table.dim() == 2
-           and chunk_table.shape[1] == 2 and chunk_table.is_contiguous(), where, lambda:
-           f"chunk_table must be contiguous int32 [n, 2], got {chunk_table.dtype} "
+           and chunk_table.shape[1] == CHUNK_TABLE_WIDTH and chunk_table.is_contiguous(), where,
+           lambda: f"chunk_table must be contiguous int32 [n, {CHUNK_TABLE_WIDTH}], got "
+           f"{chunk_table.dtype} "
            f"{tuple(chunk_table.shape)}")
     n_chunks = chunk_table.shape[0]
     _check(partials.dim() == 1 and partials.shape[0] == n_chunks and partials.is_contiguous(),
@@ -381,12 +383,12 @@ def _check_reduction_tables(where: str, partials: torch.Tensor, segments: torch.
     """The checks every finalize launcher makes on its partials and tables; returns the
     number of outputs."""
     acc = partials.dtype
-    _check(acc in _ACC_DTYPES and partials.dim() == 1 and partials.is_contiguous(), where,
+    _check(acc in ACC_DTYPES and partials.dim() == 1 and partials.is_contiguous(), where,
            lambda: f"partials must be a contiguous 1-D float32/float64 buffer, got {acc} "
            f"{tuple(partials.shape)}")
-    _check(segments.dtype == torch.int64 and segments.dim() == 2 and segments.shape[1] == 2
-           and segments.is_contiguous(), where, lambda:
-           f"segments must be contiguous int64 [n, 2], got {segments.dtype} "
+    _check(segments.dtype == torch.int64 and segments.dim() == 2
+           and segments.shape[1] == SEG_WIDTH and segments.is_contiguous(), where, lambda:
+           f"segments must be contiguous int64 [n, {SEG_WIDTH}], got {segments.dtype} "
            f"{tuple(segments.shape)}")
     return _check_outputs_table(where, outputs)
 
@@ -486,9 +488,10 @@ def finalize_tables(
         for start, end in ranges:
             if not 0 <= start <= end:
                 raise ValueError(f"finalize_tables: bad partial range ({start}, {end})")
-            seg_rows.append([int(start), int(end)])
+            seg_rows.append([int(start), int(end)])  # SEG_START, SEG_END
+        # OUT_SEG_BEGIN, OUT_SEG_END, OUT_MODE, padding
         out_rows.append([first, len(seg_rows), int(mode), 0])
-    segments = np.asarray(seg_rows, dtype=np.int64).reshape(-1, 2)
+    segments = np.asarray(seg_rows, dtype=np.int64).reshape(-1, SEG_WIDTH)
     out = np.asarray(out_rows, dtype=np.int64).reshape(-1, OUT_WIDTH)
     # Rebuilt whenever the set of clipped gradients changes: uploaded without a host sync.
     device = torch.device(device)
@@ -538,7 +541,7 @@ def scales_from_sums_(sums: torch.Tensor, outputs: torch.Tensor, clip_norms: tor
     where = "scales_from_sums_"
     acc = sums.dtype
     n_outputs = _check_outputs_table(where, outputs)
-    _check(acc in _ACC_DTYPES, where, lambda: f"sums must be float32 or float64, got {acc}")
+    _check(acc in ACC_DTYPES, where, lambda: f"sums must be float32 or float64, got {acc}")
     _check_output_vectors(where, n_outputs, [("sums", sums, acc),
                                              ("clip_norms", clip_norms, torch.float64),
                                              ("scales", scales, acc)])

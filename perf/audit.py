@@ -126,7 +126,7 @@ def table(rows: list[dict]) -> str:
 
 
 def summary(rows: list[dict]) -> str:
-    """One Markdown row per kernel and floor mode (what the README shows): every distinct
+    """One Markdown row per kernel and floor mode (what docs/performance.md shows): every distinct
     bytes-per-element pair and access width among its variants, max registers, spills."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:

@@ -9,7 +9,10 @@ it through ``tests/test_compile.py``; run it by hand with::
 It must run without ``TRITON_INTERPRET=1`` (under the interpreter ``@triton.jit`` functions are
 not compilable objects). The SASS audit (``perf/audit.py``) builds on ``specializations`` and
 ``compile_specialization``: a new kernel or mode is one more builder in ``specializations``,
-and both tools pick it up.
+and both tools pick it up. The sparse-row kernels of ``kernels/lazy.py`` (the lazy update, with
+clipping and AMP, and the sparse sum of squares) have loops, which the audit's path analysis
+does not follow: ``tests/test_compile_lazy.py`` compiles and audits them with a loop-aware
+analysis of its own.
 """
 
 from __future__ import annotations

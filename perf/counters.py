@@ -1,7 +1,7 @@
 """What does one optimizer step cost the host: kernel launches, device syncs, and aten operations?
 
 Instruments for a CPU-only machine, where the GPU's costs are counted rather than timed
-(``../shared/performance-method.md`` section 3):
+(``docs/performance.md`` section 3):
 
 * ``TritonLaunches``: counts launches of every ``@triton.jit`` kernel of
   ``triton_adam.kernels`` (found by walking the package, so new kernels are counted without

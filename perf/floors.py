@@ -1,7 +1,7 @@
 """How many bytes per parameter must one optimizer step move, per mode, and how many do the peers move?
 
 The floor is each input read once and each output written once
-(``../shared/performance-method.md`` section 1). Every performance instrument divides by these
+(``docs/performance.md`` section 1). Every performance instrument divides by these
 numbers: the SASS audit compares the compiled kernel with them, the GPU benchmark turns times
 into GB/s with them, the plot draws them. A new mode (bf16 + master weights, global-norm
 clipping) is one more row in ``FLOORS``; a new peer is one more row in ``PEER_GRAD_PASSES``.
@@ -34,7 +34,7 @@ FLOORS: dict[str, Floor] = {
     "fp64": Floor(read=32, write=24, grad_bytes=8),
     "fp64 amsgrad": Floor(read=40, write=32, grad_bytes=8),
     # fp16/bf16 params with fp32 master weights: g 2, master, m, v 12 read; master, m, v 12
-    # and p 2 written (performance-method.md section 1). With fp32 ("master") gradients the
+    # and p 2 written (docs/performance.md section 1). With fp32 ("master") gradients the
     # read of g is 4. Without master weights p is read (2) instead of the master.
     "half master": Floor(read=14, write=14, grad_bytes=2),
     "half master amsgrad": Floor(read=18, write=18, grad_bytes=2),
@@ -50,7 +50,7 @@ FLOORS: dict[str, Floor] = {
 
 # Peer -> extra passes over the gradient on top of the single-pass update.
 # torch.optim.Adam(fused=True) is itself single-pass; clip_grad_norm_ reads g for the norm,
-# then reads and writes it again to scale it: 3 more passes (performance-method.md section 1).
+# then reads and writes it again to scale it: 3 more passes (docs/performance.md section 1).
 PEER_GRAD_PASSES: dict[str, int] = {
     "torch Adam fused": 0,
     "clip_grad_norm_ + torch Adam fused": 3,

@@ -46,7 +46,7 @@ def bytes_per_param(measured: dict[str, float], path: str,
     ax.set_title("Bytes moved per parameter per Adam step (lower is better)")
     ax.legend(fontsize=8, loc="upper left")
     ax.set_ylim(0, max(max(v) for v in series.values()) * 1.2)
-    fig.text(0.01, 0.01, "floor and torch bars: performance-method.md section 1 (the floor + "
+    fig.text(0.01, 0.01, "floor and torch bars: docs/performance.md section 1 (the floor + "
              "3 passes over g for clip_grad_norm_); triton_adam: compiled SASS, sm_80 and sm_90",
              fontsize=7, color="0.4")
     _save(fig, path)

@@ -2,7 +2,7 @@
 
 For a GPT-2-small-shaped list (148 tensors) and a Llama-7B-shaped list (291 tensors), with
 the real tensor counts and shape structure but every dimension divided (the counts are what
-matter; see ``../shared/performance-method.md`` section 3), and for every mode triton_adam
+matter; see ``docs/performance.md`` section 3), and for every mode triton_adam
 supports now, prints one table with, per step:
 
 * **launches**: Triton kernel launches plus aten operations that would launch a GPU kernel
@@ -16,7 +16,7 @@ supports now, prints one table with, per step:
 The torch rows (for-loop, foreach, fused, each also after ``clip_grad_norm_``) run for real
 on the CPU; their counts are what the same calls dispatch on a GPU. Run it with::
 
-    python perf/step_cost.py                     # the table of the README
+    python perf/step_cost.py                     # the table of docs/performance.md
     python perf/step_cost.py --steps 3 --shrink 4 --json perf/out/step_cost.json
 
 It runs with or without ``TRITON_INTERPRET=1`` (it sets it: triton_adam accepts CPU tensors

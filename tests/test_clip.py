@@ -14,7 +14,14 @@ Tolerances:
   the finalize adds the same kind of bound for its sum. rtol 4e-6 covers both with margin and
   is still 100x below the error of a wrong chunk (a missing 1/1000 of the elements).
   float64 accumulation: the same count at 2^-53, rtol 1e-13 (float32 squares are exact in
-  float64, so float32 grads into float64 partials meet it too).
+  float64, so float32 grads into float64 partials meet it too). Compiled (CUDA mode), a
+  contracted ``acc + x * x`` rounds once where the interpreter rounds twice, and ``tl.sum``
+  adds each thread's 8 lanes in sequence before a 7-level tree over 128 threads: at most
+  16 + 7 + 7 = 30 roundings, 1.8e-6 in float32, still under 4e-6.
+* CUDA mode (``tests/devices.py``): the clip methods run torch's CUDA reductions, which sum in
+  another order than Paddle's (and torch's) CPU ones; their comparisons with Paddle and the
+  reference use at least ``devices.FMA_FLOOR`` (2e-5 in float32 covers a worst-case ordering
+  of the 300-element sums here, 300 u = 1.8e-5).
 """
 
 from __future__ import annotations
@@ -22,23 +29,24 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import paddle
 import pytest
 import torch
 
+from devices import DEVICE, fma_tol, import_paddle, needs_paddle
 from triton_adam import reference_clip as ref
 from triton_adam.clip import ClipGradBase, ClipGradByGlobalNorm, ClipGradByNorm, ClipGradByValue
 from triton_adam.kernels import adam as K
 from triton_adam.kernels import norm as N
 from host_syncs import count_host_syncs
 
-paddle.set_device("cpu")
+paddle = import_paddle()
 
 INF, NAN = float("inf"), float("nan")
 PADDLE_CLASSES = {"global": paddle.nn.ClipGradByGlobalNorm, "norm": paddle.nn.ClipGradByNorm,
-                  "value": paddle.nn.ClipGradByValue}
+                  "value": paddle.nn.ClipGradByValue} if paddle else {}
 OUR_CLASSES = {"global": ClipGradByGlobalNorm, "norm": ClipGradByNorm, "value": ClipGradByValue}
-METHOD_TOL = {"float32": dict(rtol=1e-6, atol=1e-7), "float64": dict(rtol=1e-12, atol=1e-14)}
+METHOD_TOL = {"float32": fma_tol("float32", rtol=1e-6, atol=1e-7),
+              "float64": fma_tol("float64", rtol=1e-12, atol=1e-14)}
 KERNEL_TOL = {torch.float32: dict(rtol=4e-6, atol=0.0), torch.float64: dict(rtol=1e-13, atol=0.0)}
 
 
@@ -78,6 +86,7 @@ def same_value(a, b) -> bool:
     return type(a) is type(b) and a == b
 
 
+@needs_paddle
 @pytest.mark.parametrize("kind,args,kwargs", CONSTRUCTOR_CASES,
                          ids=[f"{k}-{a!r}-{kw!r}" for k, a, kw in CONSTRUCTOR_CASES])
 def test_constructor_validation_matches_paddle(kind, args, kwargs):
@@ -106,13 +115,13 @@ def test_configurations_hold_no_tensors():
 def make_pairs(specs, seed=0):
     """``specs``: (numel, dtype, need_clip, grad) with grad None, "rand" or a list of values.
 
-    Returns (paddle pairs, torch pairs) holding equal gradient values.
+    Returns (paddle pairs, torch pairs on DEVICE) holding equal gradient values.
     """
     rng = np.random.default_rng(seed)
     p_pairs, t_pairs = [], []
     for numel, dtype, need_clip, grad in specs:
         pp = paddle.create_parameter([numel], dtype)
-        tp = torch.zeros(numel, dtype=getattr(torch, dtype))
+        tp = torch.zeros(numel, dtype=getattr(torch, dtype), device=DEVICE)
         if need_clip is not None:
             pp.need_clip = need_clip
             tp.need_clip = need_clip
@@ -125,7 +134,7 @@ def make_pairs(specs, seed=0):
         else:
             values = np.array(grad, dtype=dtype)
         p_pairs.append((pp, paddle.to_tensor(values.copy())))
-        t_pairs.append((tp, torch.from_numpy(values.copy())))
+        t_pairs.append((tp, torch.from_numpy(values.copy()).to(DEVICE)))
     return p_pairs, t_pairs
 
 
@@ -142,6 +151,7 @@ def assert_same_clip(ours, theirs, t_params, p_params, exact=False, tol=None):
             assert tg is None
             continue
         expected = torch.from_numpy(pg.numpy().copy())
+        tg = tg.cpu()
         assert tg.dtype == expected.dtype
         if exact:
             assert torch.equal(tg.isnan(), expected.isnan())
@@ -178,10 +188,11 @@ def random_specs(dtypes, sizes=(1, 17, 300, 5)):
 def reference_global_norm(specs, seed=0):
     """float64 norm of the gradients that enter the global norm (chooses clip_norm)."""
     _, t_pairs = make_pairs(specs, seed)
-    return float(ref.global_norm([g for p, g in t_pairs
+    return float(ref.global_norm([g.cpu() for p, g in t_pairs
                                   if g is not None and getattr(p, "need_clip", True) is not False]))
 
 
+@needs_paddle
 @pytest.mark.parametrize("dtypes", [["float32"], ["float64"], ["float32", "float64"]],
                          ids=["fp32", "fp64", "mixed"])
 @pytest.mark.parametrize("auto_skip", [False, True], ids=["always", "auto-skip"])
@@ -195,6 +206,7 @@ def test_global_norm_clip_matches_paddle(dtypes, auto_skip, ratio):
         assert all(torch.equal(a, b) for (_, a), (_, b) in zip(ours, t_pairs))
 
 
+@needs_paddle
 def test_global_norm_clip_need_clip_and_none_grads():
     # The need_clip=False grad is large: counted in the norm it would change every scale.
     specs = [(40, "float32", None, "rand"), (7, "float32", False, [100.0] * 7),
@@ -205,6 +217,7 @@ def test_global_norm_clip_need_clip_and_none_grads():
     assert len(ours) == 4  # the None grad is dropped
 
 
+@needs_paddle
 def test_global_norm_clip_all_filtered_returns_the_input_pairs():
     specs = [(4, "float32", False, "rand"), (3, "float32", None, None)]
     p_pairs, t_pairs = make_pairs(specs)
@@ -218,11 +231,13 @@ BY_NORM_SPECS = [(30, None, "rand"), (17, None, [0.01] * 17), (300, True, "rand"
                  (4, False, [50.0] * 4), (2, None, None), (3, None, [0.0] * 3)]
 
 
+@needs_paddle
 def test_by_norm_clip_matches_paddle():
     # Tensors on both sides of the threshold, a need_clip=False one and a None grad.
     run_both("norm", dict(clip_norm=1.0), [(n, "float32", nc, g) for n, nc, g in BY_NORM_SPECS])
 
 
+@needs_paddle
 def test_by_norm_clip_float64_matches_reference():
     """Paddle 3.3.1 has no float64 clip_by_norm kernel on CPU (RuntimeError); we clip float64
     gradients with a float64 norm, checked against the float64 reference."""
@@ -235,10 +250,12 @@ def test_by_norm_clip_float64_matches_reference():
     assert len(ours) == len(kept)
     for (p, g), (q, out) in zip(kept, ours):
         assert q is p
+        g = g.cpu()
         expected = g if getattr(p, "need_clip", True) is False else ref.clip_by_norm([g], 1.0)[0]
-        torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(out.cpu(), expected, **METHOD_TOL["float64"])
 
 
+@needs_paddle
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("bounds", [dict(max=0.5), dict(max=0.1 + 1e-12, min=-0.3),
                                     dict(max=2.0, min=1.0)], ids=["symmetric", "fine", "positive"])
@@ -248,6 +265,7 @@ def test_by_value_clip_matches_paddle(dtype, bounds):
     run_both("value", bounds, specs)
 
 
+@needs_paddle
 @pytest.mark.parametrize("bad", [INF, -INF, NAN], ids=["inf", "-inf", "nan"])
 @pytest.mark.parametrize("kind,kwargs", [
     ("global", dict(clip_norm=1.0)), ("global", dict(clip_norm=1.0, auto_skip_clip=True)),
@@ -259,14 +277,16 @@ def test_non_finite_grads_match_paddle(kind, kwargs, bad, dtype):
              (6, dtype, None, "rand")]
     if kind == "norm" and dtype == "float64":  # no Paddle kernel: the float64 reference
         _, t_pairs = make_pairs(specs)
-        grads = [g for _, g in t_pairs]
+        grads = [g.cpu() for _, g in t_pairs]
         for (_, out), expected in zip(ClipGradByNorm(**kwargs).clip(t_pairs),
                                       ref.clip_by_norm(grads, kwargs["clip_norm"])):
-            torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-14, equal_nan=True)
+            torch.testing.assert_close(out.cpu(), expected, equal_nan=True,
+                                       **METHOD_TOL["float64"])
         return
     run_both(kind, kwargs, specs)
 
 
+@needs_paddle
 def test_mixed_precision_global_norm_sums_in_float64():
     """With a float64 grad present the float32 grads' sum enters a float64 norm; the scale is
     cast to each grad's dtype."""
@@ -276,7 +296,8 @@ def test_mixed_precision_global_norm_sums_in_float64():
     clip = ClipGradByGlobalNorm(0.2)
     norm = clip.global_norm(t_pairs)
     assert norm.dtype == torch.float64
-    torch.testing.assert_close(norm, ref.global_norm([g for _, g in t_pairs]), rtol=1e-7, atol=0)
+    torch.testing.assert_close(norm.cpu(), ref.global_norm([g.cpu() for _, g in t_pairs]),
+                               **fma_tol("float32", rtol=1e-7, atol=0))
     run_both("global", dict(clip_norm=0.2), specs)
 
 
@@ -287,18 +308,21 @@ def test_half_precision_grads_use_float32_norms(dtype, rtol):
     Against the float64 reference the result differs by the rounding of the scale and of the
     product to the grad's dtype (2^-11 each for fp16, 2^-8 for bf16), hence rtol 4 ulp."""
     grads = random_grads([300, 17, 1], dtype)
-    pairs = [(torch.zeros(g.shape), g) for g in grads]
+    pairs = [(torch.zeros(g.shape, device=DEVICE), g) for g in grads]
     norm = ClipGradByGlobalNorm(1.0).global_norm(pairs)
     assert norm.dtype == torch.float32
-    torch.testing.assert_close(norm.double(), ref.global_norm(grads), rtol=1e-6, atol=0)
-    for clip, expected in [(ClipGradByGlobalNorm(1.0), ref.clip_by_global_norm(grads, 1.0)),
-                           (ClipGradByNorm(1.0), ref.clip_by_norm(grads, 1.0)),
-                           (ClipGradByValue(0.5), ref.clip_by_value(grads, -0.5, 0.5))]:
+    host = [g.cpu() for g in grads]
+    torch.testing.assert_close(norm.cpu().double(), ref.global_norm(host),
+                               **fma_tol("float32", rtol=1e-6, atol=0))
+    for clip, expected in [(ClipGradByGlobalNorm(1.0), ref.clip_by_global_norm(host, 1.0)),
+                           (ClipGradByNorm(1.0), ref.clip_by_norm(host, 1.0)),
+                           (ClipGradByValue(0.5), ref.clip_by_value(host, -0.5, 0.5))]:
         for (_, out), e in zip(clip.clip(pairs), expected):
             assert out.dtype == dtype
-            torch.testing.assert_close(out.double(), e, rtol=rtol, atol=1e-6)
+            torch.testing.assert_close(out.cpu().double(), e, rtol=rtol, atol=1e-6)
 
 
+@needs_paddle
 @pytest.mark.parametrize("kind,kwargs", [("norm", dict(clip_norm=0.0)),
                                          ("norm", dict(clip_norm=-2.0)),
                                          ("value", dict(max=-1.0, min=1.0))])
@@ -319,7 +343,8 @@ def test_clip_time_errors_match_paddle(kind, kwargs):
 
 def build_tables(grads, chunk_size):
     """The multi-tensor tables, built by hand: one tensor row per grad, one chunk row per
-    ``chunk_size`` elements. Returns (tensor_table, chunk_table, per-tensor chunk ranges)."""
+    ``chunk_size`` elements. Returns (tensor_table, chunk_table, per-tensor chunk ranges),
+    the tables on DEVICE."""
     table = torch.zeros(len(grads), K.TABLE_WIDTH, dtype=torch.int64)
     rows, ranges = [], []
     for i, g in enumerate(grads):
@@ -329,7 +354,7 @@ def build_tables(grads, chunk_size):
         rows += [[i, c] for c in range(-(-g.numel() // chunk_size))]
         ranges.append((first, len(rows)))
     chunks = torch.tensor(rows, dtype=torch.int32).reshape(-1, 2)
-    return table, chunks, ranges
+    return table.to(DEVICE), chunks.to(DEVICE), ranges
 
 
 def aligned(grads) -> bool:
@@ -347,7 +372,7 @@ class Buckets:
             self.offsets.append(self.offsets[-1] + chunks.shape[0])
         self.chunk_size = chunk_size
         self.partials = torch.full((self.offsets[-1] + 3,), NAN if poison else 0.0,
-                                   dtype=acc_dtype)  # 3 spare entries must stay untouched
+                                   dtype=acc_dtype, device=DEVICE)  # 3 spares stay untouched
 
     def tensor_range(self, b, i):
         """The partial range of tensor ``i`` of bucket ``b``."""
@@ -364,15 +389,17 @@ class Buckets:
 
 def finalize(partials, outputs, clip_norms):
     segments, out_table = N.finalize_tables(outputs, partials.device)
-    norms = torch.full((len(outputs),), NAN, dtype=partials.dtype)
-    scales = torch.full((len(outputs),), NAN, dtype=partials.dtype)
-    N.clip_scales_(partials, segments, out_table, torch.tensor(clip_norms, dtype=torch.float64),
+    norms = torch.full((len(outputs),), NAN, dtype=partials.dtype, device=partials.device)
+    scales = torch.full((len(outputs),), NAN, dtype=partials.dtype, device=partials.device)
+    N.clip_scales_(partials, segments, out_table,
+                   torch.tensor(clip_norms, dtype=torch.float64, device=partials.device),
                    norms, scales)
-    return norms, scales
+    return norms.cpu(), scales.cpu()
 
 
 def random_grads(sizes, dtype, scale=1.0):
-    return [(torch.randn(n, dtype=torch.float64) * scale * (1 + i)).to(dtype)
+    """Gradients on DEVICE (drawn on the CPU: the same values on every device)."""
+    return [(torch.randn(n, dtype=torch.float64) * scale * (1 + i)).to(dtype).to(DEVICE)
             for i, n in enumerate(sizes)]
 
 
@@ -392,10 +419,10 @@ def test_partials_match_float64_reference(grad_dtype, acc_dtype, chunk_size):
     run.run_pass()
     expected = torch.cat([torch.stack([ref.sum_of_squares(g[c * chunk_size:(c + 1) * chunk_size])
                                        for c in range(-(-g.numel() // chunk_size))])
-                          for g in grads])
+                          for g in (g.cpu() for g in grads)])
     n = run.offsets[-1]
     assert run.partials[n:].isnan().all(), "wrote past its slice"
-    torch.testing.assert_close(run.partials[:n].to(torch.float64), expected,
+    torch.testing.assert_close(run.partials[:n].cpu().to(torch.float64), expected,
                                **KERNEL_TOL[acc_dtype])
 
 
@@ -405,6 +432,7 @@ def test_several_groups_and_per_tensor_norms(acc_dtype):
     grads = random_grads(sizes, acc_dtype)
     run = Buckets([grads], acc_dtype)
     run.run_pass()
+    grads = [g.cpu() for g in grads]  # the reference's, on the CPU
     groups = [[0, 1], [2, 3, 4], [5, 6]]  # consecutive rows: one segment per group
     ref_norms = [float(ref.global_norm([grads[i] for i in g])) for g in groups]
     outputs, clip_norms, expected = [], [], []
@@ -443,6 +471,7 @@ def test_buckets_combine_into_one_global_norm(dtypes, acc_dtype):
                zip(([BLOCK + 1, 3], [17, 2 * BLOCK + 5], [1, 100]), dtypes)]
     run = Buckets(buckets, acc_dtype)
     run.run_pass()
+    buckets = [[g.cpu() for g in bucket] for bucket in buckets]  # the reference's
     all_grads = [g for bucket in buckets for g in bucket]
     c = 0.25 * float(ref.global_norm(all_grads))
     # One output summing every bucket's slice, a second one over a group spanning two buckets.
@@ -471,6 +500,7 @@ def test_non_finite_norms_give_paddles_scales(acc_dtype, bad):
                ([run.tensor_range(0, 1)], N.MODE_BY_NORM)]
     c = 1.0
     norms, scales = finalize(run.partials, outputs, [c] * 4)
+    grads = [g.cpu() for g in grads]
     gn = ref.global_norm(grads)
     n0, n1 = (ref.sum_of_squares(g).sqrt() for g in grads)
     expected = torch.stack([ref.global_norm_scale(gn, c),
@@ -483,7 +513,7 @@ def test_non_finite_norms_give_paddles_scales(acc_dtype, bad):
 
 
 def test_empty_output_and_zero_grads():
-    grads = [torch.zeros(BLOCK + 2)]
+    grads = [torch.zeros(BLOCK + 2, device=DEVICE)]
     run = Buckets([grads], torch.float32)
     run.run_pass()
     outputs = [([], N.MODE_GLOBAL), ([(0, run.offsets[-1])], N.MODE_GLOBAL),
@@ -493,6 +523,7 @@ def test_empty_output_and_zero_grads():
     assert torch.equal(norms, torch.zeros(4)) and torch.equal(scales, torch.ones(4))
 
 
+@needs_paddle
 @pytest.mark.parametrize("kind,auto_skip,bad,dtype", [
     ("global", False, None, "float64"), ("global", True, None, "float64"),
     ("global", False, INF, "float64"), ("global", True, NAN, "float64"),
@@ -506,7 +537,7 @@ def test_kernel_scales_reproduce_paddle_clip(kind, auto_skip, bad, dtype):
               for i, n in enumerate([BLOCK + 1, 17, 3])]
     if bad is not None:
         values[1][4] = bad
-    grads = [torch.from_numpy(v.copy()) for v in values]
+    grads = [torch.from_numpy(v.copy()).to(DEVICE) for v in values]
     run = Buckets([grads], grads[0].dtype)
     run.run_pass()
     finite = [v[np.isfinite(v)].astype(np.float64) for v in values]
@@ -523,7 +554,7 @@ def test_kernel_scales_reproduce_paddle_clip(kind, auto_skip, bad, dtype):
                       for v in values])
     for i, (g, (_, pg)) in enumerate(zip(grads, clipped)):
         scale = scales[0] if kind == "global" else scales[i]
-        torch.testing.assert_close(g * scale, torch.from_numpy(pg.numpy()), equal_nan=True,
+        torch.testing.assert_close(g.cpu() * scale, torch.from_numpy(pg.numpy()), equal_nan=True,
                                    **METHOD_TOL[dtype])
 
 
@@ -543,13 +574,14 @@ def test_same_bits_on_every_run():
 
 
 def test_unaligned_views_take_the_safe_path():
-    storage = torch.randn(2 * BLOCK + 40, dtype=torch.float64)
+    storage = torch.randn(2 * BLOCK + 40, dtype=torch.float64).to(DEVICE)
     grads = [storage[1:BLOCK + 2], storage[BLOCK + 3:2 * BLOCK + 30]]  # odd offsets
     assert not aligned(grads)
     run = Buckets([grads], torch.float64)
     run.run_pass()
     norms, _ = finalize(run.partials, [([(0, run.offsets[-1])], N.MODE_GLOBAL)], [1.0])
-    torch.testing.assert_close(norms.to(torch.float64), ref.global_norm(grads).reshape(1),
+    torch.testing.assert_close(norms.to(torch.float64),
+                               ref.global_norm([g.cpu() for g in grads]).reshape(1),
                                **KERNEL_TOL[torch.float64])
 
 
@@ -557,10 +589,10 @@ def test_launch_path_makes_no_host_sync(monkeypatch):
     """Neither launcher reads a tensor back to the host (each read would stall a GPU)."""
     grads = random_grads([BLOCK + 5, 17], torch.float32)
     table, chunks, _ = build_tables(grads, K.CHUNK_SIZE)
-    partials = torch.zeros(chunks.shape[0] + 1)
-    segments, outputs = N.finalize_tables([([(0, chunks.shape[0])], N.MODE_GLOBAL)], "cpu")
-    clip_norms = torch.tensor([1.0], dtype=torch.float64)
-    norms, scales = torch.zeros(1), torch.zeros(1)
+    partials = torch.zeros(chunks.shape[0] + 1, device=DEVICE)
+    segments, outputs = N.finalize_tables([([(0, chunks.shape[0])], N.MODE_GLOBAL)], DEVICE)
+    clip_norms = torch.tensor([1.0], dtype=torch.float64, device=DEVICE)
+    norms, scales = torch.zeros(1, device=DEVICE), torch.zeros(1, device=DEVICE)
     calls = []
     count_host_syncs(monkeypatch, calls)
     for _ in range(2):
@@ -569,7 +601,8 @@ def test_launch_path_makes_no_host_sync(monkeypatch):
         N.clip_scales_(partials[1:], segments, outputs, clip_norms, norms, scales)
     monkeypatch.undo()
     assert calls == []
-    torch.testing.assert_close(norms.double(), ref.global_norm(grads).reshape(1),
+    torch.testing.assert_close(norms.cpu().double(),
+                               ref.global_norm([g.cpu() for g in grads]).reshape(1),
                                **KERNEL_TOL[torch.float32])
 
 
@@ -577,11 +610,12 @@ def test_launchers_reject_bad_arguments():
     grads = random_grads([10], torch.float64)
     table, chunks, _ = build_tables(grads, K.CHUNK_SIZE)
     ok = dict(grad_dtype=torch.float64, aligned=True)
-    p64 = torch.zeros(1, dtype=torch.float64)
+    p64 = torch.zeros(1, dtype=torch.float64, device=DEVICE)
     bad_pass = [
-        ((table, chunks, torch.zeros(1)), ok, "float64 partials"),
-        ((table, chunks, torch.zeros(2, dtype=torch.float64)), ok, "1-D buffer"),
-        ((table, chunks, torch.zeros(1, dtype=torch.float16)), ok, "float32 or float64"),
+        ((table, chunks, torch.zeros(1, device=DEVICE)), ok, "float64 partials"),
+        ((table, chunks, torch.zeros(2, dtype=torch.float64, device=DEVICE)), ok, "1-D buffer"),
+        ((table, chunks, torch.zeros(1, dtype=torch.float16, device=DEVICE)), ok,
+         "float32 or float64"),
         ((table[:, :4].contiguous(), chunks, p64), ok, "tensor_table"),
         ((table, chunks.long(), p64), ok, "chunk_table"),
         ((table, chunks, p64), dict(ok, chunk_size=100), "chunk_size"),
@@ -590,9 +624,10 @@ def test_launchers_reject_bad_arguments():
     for args, kwargs, message in bad_pass:
         with pytest.raises(ValueError, match=message):
             N.sum_squares_tensor_list_(*args, **kwargs)
-    partials = torch.zeros(4)
-    segments, outputs = N.finalize_tables([([(0, 4)], N.MODE_GLOBAL)], "cpu")
-    c64, one = torch.ones(1, dtype=torch.float64), torch.zeros(1)
+    partials = torch.zeros(4, device=DEVICE)
+    segments, outputs = N.finalize_tables([([(0, 4)], N.MODE_GLOBAL)], DEVICE)
+    c64 = torch.ones(1, dtype=torch.float64, device=DEVICE)
+    one = torch.zeros(1, device=DEVICE)
     bad_finalize = [
         ((partials, segments, outputs, c64.float(), one, one.clone()), "clip_norms"),
         ((partials, segments, outputs, c64, one.double(), one.clone()), "norms"),

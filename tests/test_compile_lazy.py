@@ -1,5 +1,6 @@
 """The lazy sparse-row kernel compiles for sm_80 and sm_90 (no GPU needed), and its SASS moves
-the floor per updated element with 16-byte accesses and no spills.
+the floor per updated element with 16-byte accesses and no spills, with and without clipping
+and AMP; the sparse sum of squares of a norm clip reads each gradient entry once.
 
 The compiler runs in subprocesses (one per target, in parallel): this test session interprets
 kernels (TRITON_INTERPRET=1), and interpreted ``@triton.jit`` functions cannot be compiled.
@@ -15,7 +16,9 @@ graph to a fixpoint so the loop's back edge is followed), and it lies **in the l
 sits between a backward branch and its target. Per-element bytes outside the loop are the cost
 of an updated element whose row appears once; the loop adds the gradient row of each further
 duplicate. The PTX shows how the param of fp16/bf16 tables is rounded (``cvt.rn``: to nearest
-even).
+even). The sum of squares nests the duplicate loop in a loop over sorted positions: its
+per-element loads are counted by loop depth (the run's head at depth 1, each further
+duplicate at depth 2).
 """
 
 from __future__ import annotations
@@ -62,24 +65,30 @@ def specializations():
     kernel = lazy._lazy_adam_kernel
     out = []
 
-    def add(param, grad, master, amsgrad, coupled, decoupled, width, divisible, int_type="i32"):
+    def add(param, grad, master, amsgrad, coupled, decoupled, width, divisible, int_type="i32",
+            clip=False, amp=False):
         block_w, num_warps = lazy.row_block_config(width)
         c = "fp64" if param == "fp64" else "fp32"
+        # clip: a norm clip's scale and the value clip; amp: the loss scale and the skip flag.
         constexprs = lazy.lazy_kernel_constexprs(block_w=block_w, amsgrad=amsgrad,
                                                  coupled_decay=coupled,
-                                                 decoupled_decay=decoupled, master=master)
+                                                 decoupled_decay=decoupled, master=master,
+                                                 clip_scale=clip, clip_value=clip,
+                                                 unscale=amp, skip_on_inf=amp)
         signature = {
             "param_ptr": f"*{param}", "master_ptr": "*fp32", "values_ptr": f"*{grad}",
             "sorted_rows_ptr": "*i64", "perm_ptr": "*i64", "exp_avg_ptr": f"*{c}",
             "exp_avg_sq_ptr": f"*{c}", "max_exp_avg_sq_ptr": f"*{c}", "hyper_ptr": f"*{c}",
-            "pows_in_ptr": f"*{c}", "pows_out_ptr": f"*{c}", "lr": "fp64", "nnz": int_type,
-            "n_rows": int_type, "width": "i32",
+            "pows_in_ptr": f"*{c}", "pows_out_ptr": f"*{c}", "clip_scale_ptr": f"*{c}",
+            "grad_scale_ptr": "*fp32", "found_inf_ptr": "*fp32", "lr": "fp64",
+            "nnz": int_type, "n_rows": int_type, "width": "i32",
             **{k: "constexpr" for k in constexprs},
         }
         pointers = [k for k, v in signature.items() if v.startswith("*")]
         divisible_args = tuple(pointers) + (("width",) if divisible else ())
         mode = " ".join([param, f"g:{grad}"] + ["master"] * master + ["amsgrad"] * amsgrad
                         + ["coupled"] * coupled + ["decoupled"] * decoupled
+                        + ["clip"] * clip + ["amp"] * amp
                         + [f"width:{width}", f"BLOCK_W:{block_w}", f"ints:{int_type}"])
         spec = compile_check.Specialization(
             kernel, f"lazy {mode}", signature, constexprs, divisible_args,
@@ -99,6 +108,59 @@ def specializations():
     for width in (1, 48, 100, 256, 500, 1000):  # every column block, odd and 16k widths
         add("fp32", "fp32", False, False, False, False, width, width % 16 == 0)
     add("fp32", "fp32", False, True, True, True, 4096, True, int_type="i64")  # > 2^31 rows
+    # Clipping (norm scale + value bounds) and AMP (unscale + skip) of sparse gradients: every
+    # dtype configuration, plain and with every mode (the most registers), and an odd width.
+    for param, grad, master in DTYPE_CONFIGS:
+        for amsgrad, coupled, decoupled in ALL_MODES[::7]:
+            add(param, grad, master, amsgrad, coupled, decoupled, 1024, True, clip=True,
+                amp=True)
+    add("fp32", "fp32", False, False, False, False, 1024, True, clip=True)
+    add("fp32", "fp32", False, False, False, False, 1024, True, amp=True)
+    add("fp32", "fp32", False, True, True, True, 100, False, clip=True, amp=True)
+    return out
+
+
+def sum_squares_specializations():
+    """The sparse sum of squares of a norm clip (``lazy.sparse_sum_squares_``): every values
+    dtype with its accumulation dtypes at the widest block, and the other column blocks / odd
+    widths on fp32. Returns (Specialization, info) pairs, as ``specializations``."""
+    sys.path.insert(0, str(ROOT / "perf"))
+    import compile_check  # noqa: E402
+
+    from triton_adam.kernels import lazy
+
+    import torch
+
+    dtypes = {"fp32": torch.float32, "fp64": torch.float64, "bf16": torch.bfloat16,
+              "fp16": torch.float16}
+    out = []
+
+    def add(grad, acc, width, divisible, int_type="i32"):
+        block_w, num_warps = lazy.row_block_config(width)
+        constexprs = lazy.sparse_sum_squares_constexprs(
+            values_dtype=dtypes[grad], acc_dtype=dtypes[acc], block_w=block_w)
+        signature = {"values_ptr": f"*{grad}", "sorted_rows_ptr": "*i64", "perm_ptr": "*i64",
+                     "partials_ptr": f"*{acc}", "nnz": int_type, "n_rows": int_type,
+                     "width": "i32", "row_programs": "i32",
+                     **{k: "constexpr" for k in constexprs}}
+        pointers = [k for k, v in signature.items() if v.startswith("*")]
+        divisible_args = tuple(pointers) + (("width",) if divisible else ())
+        mode = (f"sum-squares g:{grad} acc:{acc} width:{width} BLOCK_W:{block_w} "
+                f"ints:{int_type}")
+        spec = compile_check.Specialization(
+            lazy._sparse_sum_squares_kernel, mode, signature, constexprs, divisible_args,
+            num_warps=num_warps, elements_per_program=block_w, floor_mode=f"norm {grad}")
+        threads = 32 * num_warps
+        out.append((spec, dict(mode=mode, kernel="sum-squares", threads=threads,
+                               block_w=block_w, loads=_SIZE[grad], stores=0, loop=_SIZE[grad],
+                               vector=divisible and block_w // threads >= 8)))
+
+    for grad, acc in (("fp32", "fp32"), ("fp32", "fp64"), ("fp64", "fp64"), ("bf16", "fp32"),
+                      ("fp16", "fp32"), ("bf16", "fp64")):
+        add(grad, acc, 1024, True)
+    for width in (1, 48, 100, 256, 500):
+        add("fp32", "fp32", width, width % 16 == 0)
+    add("fp32", "fp32", 4096, True, int_type="i64")
     return out
 
 
@@ -198,7 +260,7 @@ def analyse(spec, info: dict, target: str, workdir: str) -> dict:
                spill_bytes=usage.get("LOCAL", 0) + usage.get("STACK", 0),
                spill_instructions=sum(i.base in sass._SPILL_OPCODES for i in code),
                loops=len(loops), narrowing_rounding=narrowing, load=0.0, store=0.0,
-               loop_load=0.0, loop_store=0.0,
+               loop_load=0.0, loop_store=0.0, load_by_depth={}, store_by_depth={},
                widths=[], per_program_widths=[])
     for ins in code:
         if ins.base not in sass._GLOBAL_ACCESS:
@@ -209,12 +271,18 @@ def analyse(spec, info: dict, target: str, workdir: str) -> dict:
             row["per_program_widths"].append(width)
             continue
         row["widths"].append(width)
-        in_loop = any(start <= ins.address <= end for start, end in loops)
-        prefix = "loop_" if in_loop else ""
+        # How many loops the access lies in (the sum of squares nests the duplicate loop in
+        # its loop over sorted positions).
+        depth = sum(start <= ins.address <= end for start, end in loops)
+        prefix = "loop_" if depth else ""
+        per_elem = width * threads / block_w
         if load:
-            row[prefix + "load"] += width * threads / block_w
+            row[prefix + "load"] += per_elem
+            row["load_by_depth"][str(depth)] = row["load_by_depth"].get(str(depth), 0) + per_elem
         if store:
-            row[prefix + "store"] += width * threads / block_w
+            row[prefix + "store"] += per_elem
+            row["store_by_depth"][str(depth)] = (row["store_by_depth"].get(str(depth), 0)
+                                                 + per_elem)
     return row
 
 
@@ -227,7 +295,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     failures = 0
     with tempfile.TemporaryDirectory() as workdir:
-        for spec, info in specializations():
+        for spec, info in specializations() + sum_squares_specializations():
             for target in args.target or TARGET_NAMES:
                 try:
                     row = analyse(spec, info, target, workdir)
@@ -252,15 +320,26 @@ def _run_targets() -> list[dict]:
     return rows
 
 
+_ROWS: list[dict] = []
+
+
+def _rows() -> list[dict]:
+    """Every row of both targets, compiled once per session (both tests read them)."""
+    if not _ROWS:
+        _ROWS.extend(_run_targets())
+    return _ROWS
+
+
 def test_lazy_kernel_compiles_and_moves_the_floor_per_element():
-    rows = _run_targets()
+    rows = [r for r in _rows() if r.get("kernel") != "sum-squares"]
     for target in TARGET_NAMES:
         print(f"\n{target}: mode | loads+stores B/elem (floor) | per duplicate | widths | regs")
         for r in (r for r in rows if r["target"] == target):
             print(f"  {r['mode']:<62} {r['load']:g}+{r['store']:g} "
                   f"({r['loads']}+{r['stores']}) | +{r['loop_load']:g} | "
                   f"{min(r['widths'])}-{max(r['widths'])} B | {r['registers']}")
-    assert len(rows) == 2 * len({r["mode"] for r in rows}) >= 2 * 30
+    assert len(rows) == 2 * len({r["mode"] for r in rows}) >= 2 * 40
+    assert any("clip amp" in r["mode"] for r in rows)
     for r in rows:
         what = f"{r['target']} {r['mode']}"
         assert "error" not in r, f"{what}: {r.get('error')}"
@@ -279,6 +358,34 @@ def test_lazy_kernel_compiles_and_moves_the_floor_per_element():
             # The param is the fp32 value rounded to nearest even (cvt.rn), never truncated.
             assert r["narrowing_rounding"] == ["rn"], f"{what}: {r['narrowing_rounding']}"
         # Per-program traffic is scalar (ids, perm, hyper, pows): never a 16-byte vector.
+        assert max(r["per_program_widths"]) <= 8, what
+
+
+def test_sparse_sum_squares_compiles_and_reads_each_entry_once():
+    """The norm pass of a sparse gradient: one read of every gradient entry (the run's head in
+    the loop over sorted positions, each further duplicate in the nested duplicate loop), no
+    per-element store (one partial per program), 16-byte loads, no spills."""
+    rows = [r for r in _rows() if r.get("kernel") == "sum-squares"]
+    for target in TARGET_NAMES:
+        print(f"\n{target}: mode | loads B/elem by loop depth | widths | regs")
+        for r in (r for r in rows if r["target"] == target):
+            print(f"  {r['mode']:<62} {r.get('load_by_depth')} | "
+                  f"{min(r['widths'], default=0)}-{max(r['widths'], default=0)} B | "
+                  f"{r.get('registers')}")
+    assert len(rows) == 2 * len({r["mode"] for r in rows}) >= 2 * 12
+    for r in rows:
+        what = f"{r['target']} {r['mode']}"
+        assert "error" not in r, f"{what}: {r.get('error')}"
+        assert r["spill_bytes"] == 0 and r["spill_instructions"] == 0, f"{what}: spills"
+        assert r["loops"] == 2, f"{what}: {r['loops']} loops (positions, duplicates)"
+        assert r["store_by_depth"] == {}, f"{what}: per-element stores {r['store_by_depth']}"
+        # The head's row in the positions loop, every further duplicate in the nested loop.
+        assert r["load_by_depth"] == {"1": r["loads"], "2": r["loop"]}, (
+            f"{what}: {r['load_by_depth']} B/elem, expected one read of each entry "
+            f"({r['loads']} B)")
+        if r["vector"]:
+            widths = sorted(set(r["widths"]))
+            assert widths == [16], f"{what}: per-element access widths {widths}"
         assert max(r["per_program_widths"]) <= 8, what
 
 

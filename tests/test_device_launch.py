@@ -277,7 +277,7 @@ def test_parameters_sharing_memory_are_refused_naming_both():
     storage = torch.zeros(40, device=DEVICE)
     w = storage[:30].view(5, 6).requires_grad_()
     b = storage[25:].requires_grad_()
-    with pytest.raises(ValueError, match="'w' and 'b' share memory"):
+    with pytest.raises(ValueError, match="parameter 'w' and parameter 'b' share memory"):
         triton_adam.Adam(0.01, parameters=[("w", w), ("b", b)], use_multi_tensor=True)
     with pytest.raises(ValueError, match="share memory"):
         triton_adam.Adam(0.01, parameters=[{"params": [w]}, {"params": [storage[29:31]]}])

@@ -29,7 +29,13 @@ import time
 import pytest
 import torch
 
-import dist_worker as W
+from devices import CUDA_MODE
+
+if CUDA_MODE:  # before dist_worker is imported: it sets TRITON_INTERPRET for this process
+    pytest.skip("CPU mode only: gloo processes under the Triton interpreter, against a "
+                "single-process run on CPU tensors", allow_module_level=True)
+
+import dist_worker as W  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
 WORLD = 2

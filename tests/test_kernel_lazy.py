@@ -24,6 +24,8 @@ Tolerances, by dtype:
 * fp16/bf16 params without master weights: each step computes from the rounded param, so the
   reference restarts from it each step; the param may differ from the rounded float64 result
   by one ulp of its dtype (a float32 result next to a rounding boundary).
+In CUDA mode (``tests/devices.py``) the float tolerances are at least the FMA bound
+``devices.FMA_FLOOR``; the bitwise checks (absent rows, param = master rounded) stay bitwise.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import time
 import pytest
 import torch
 
+from devices import DEVICE, fma_tol, kernel_ops, synchronize
 from triton_adam import reference
 from triton_adam.kernels import adam as K
 from triton_adam.kernels import lazy as L
@@ -42,8 +45,8 @@ from test_kernel_adam import MODES  # (amsgrad, l2, l1, decoupled wd, lr_scale)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-F32_TOL = dict(rtol=1e-5, atol=1e-6)
-TOL = {torch.float64: dict(rtol=1e-12, atol=1e-12), torch.float32: F32_TOL,
+F32_TOL = fma_tol(torch.float32, rtol=1e-5, atol=1e-6)
+TOL = {torch.float64: fma_tol(torch.float64, rtol=1e-12, atol=1e-12), torch.float32: F32_TOL,
        torch.float16: F32_TOL, torch.bfloat16: F32_TOL}
 # One ulp relative, for half params without master weights (see the module docstring).
 HALF_ULP = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
@@ -68,12 +71,14 @@ def make_hyper(*, lr_scale=1.0, beta1=BETA1, beta2=BETA2, eps=EPS, l2=0.0, l1=0.
                         ("CLIP_MIN", -float("inf")), ("CLIP_MAX", float("inf"))]:
         if hasattr(K, f"HYPER_{name}"):
             hyper[getattr(K, f"HYPER_{name}")] = value
-    return hyper
+    return hyper.to(DEVICE)
 
 
 def sparse_grad(ids: torch.Tensor, values: torch.Tensor, shape, *, check: bool = True):
-    """An uncoalesced COO gradient, as Embedding(sparse=True) makes (ids in given order)."""
-    return torch.sparse_coo_tensor(ids.reshape(1, -1), values, shape, check_invariants=check)
+    """An uncoalesced COO gradient, as Embedding(sparse=True) makes (ids in given order), on
+    DEVICE."""
+    return torch.sparse_coo_tensor(ids.reshape(1, -1).to(DEVICE), values.to(DEVICE), shape,
+                                   check_invariants=check)
 
 
 def random_ids(n_rows: int, nnz: int, never: set[int]) -> torch.Tensor:
@@ -87,7 +92,8 @@ def random_ids(n_rows: int, nnz: int, never: set[int]) -> torch.Tensor:
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: dict, what: str):
     """Compare with a tolerance; on failure name the first mismatching index."""
-    a, e = actual.to(torch.float64).reshape(-1), expected.to(torch.float64).reshape(-1)
+    a = actual.cpu().to(torch.float64).reshape(-1)
+    e = expected.cpu().to(torch.float64).reshape(-1)
     bad = (a - e).abs() > tol["atol"] + tol["rtol"] * e.abs()
     if bad.any():
         i = int(bad.nonzero()[0, 0])
@@ -117,32 +123,36 @@ class Table:
         shape = (n_rows,) + tuple(row_shape)
         numel = n_rows * int(torch.tensor(row_shape).prod()) if row_shape else n_rows
         cdtype = K.compute_dtype_for(dtype)
+        # Drawn on the CPU (the same values on every device), then moved to DEVICE.
         # The param is a prefix of a larger buffer whose tail must never be written.
-        self.storage = torch.randn(numel + 64, dtype=torch.float64).to(dtype)
+        self.storage = torch.randn(numel + 64, dtype=torch.float64).to(dtype).to(DEVICE)
         self.param = self.storage[:numel].view(shape)
         self.tail = self.storage[numel:].clone()
         self.master = self.param.to(torch.float32) if master else None
-        self.m = torch.randn(shape, dtype=torch.float64).mul_(0.1).to(cdtype)
-        self.v = torch.rand(shape, dtype=torch.float64).mul_(0.01).add_(1e-4).to(cdtype)
-        self.vmax = (self.v + torch.rand(shape, dtype=torch.float64).mul_(0.001).to(cdtype)
-                     if amsgrad else None)
+        m = torch.randn(shape, dtype=torch.float64).mul_(0.1).to(cdtype)
+        v = torch.rand(shape, dtype=torch.float64).mul_(0.01).add_(1e-4).to(cdtype)
+        vmax = (v + torch.rand(shape, dtype=torch.float64).mul_(0.001).to(cdtype)
+                if amsgrad else None)
         rows = torch.tensor(sorted(never), dtype=torch.int64)
-        self.m[rows], self.v[rows] = SENTINEL_M, SENTINEL_V
-        if self.vmax is not None:
-            self.vmax[rows] = SENTINEL_VMAX
+        m[rows], v[rows] = SENTINEL_M, SENTINEL_V
+        if vmax is not None:
+            vmax[rows] = SENTINEL_VMAX
+        self.m, self.v = m.to(DEVICE), v.to(DEVICE)
+        self.vmax = None if vmax is None else vmax.to(DEVICE)
         # Pows part-way through training (t = 4): bias correction matters.
-        self.pows = torch.full((2, K.POW_SLOT_WIDTH), float("nan"), dtype=cdtype)
-        self.pows[0, 0], self.pows[0, 1] = BETA1**4, BETA2**4
+        pows = torch.full((2, K.POW_SLOT_WIDTH), float("nan"), dtype=cdtype)
+        pows[0, 0], pows[0, 1] = BETA1**4, BETA2**4
+        self.pows = pows.to(DEVICE)
         self.slot = 0
         start = self.master if master else self.param
 
-        def f64(x):  # a copy also for float64 buffers, which the kernel updates in place
-            return x.to(torch.float64, copy=True)
+        def f64(x):  # a CPU copy (also of CPU float64 buffers, which the kernel updates)
+            return x.to("cpu", torch.float64, copy=True)
 
         self.ref = reference.AdamTensorState(
             param=f64(start), moment1=f64(self.m), moment2=f64(self.v),
             moment2_max=None if self.vmax is None else f64(self.vmax),
-            beta1_pow=float(self.pows[0, 0]), beta2_pow=float(self.pows[0, 1]))
+            beta1_pow=float(pows[0, 0]), beta2_pow=float(pows[0, 1]))
 
     def buffers(self) -> dict:
         return dict(param=self.param, master=self.master, m=self.m, v=self.v, vmax=self.vmax)
@@ -176,7 +186,7 @@ def run_and_check(dtype, mode, row_shape, *, n_rows=24, nnz=12, steps=3, master=
                   * (0.1 + step)).to(grad_dtype or dtype)
         before = t.snapshot()
         if half_no_master:  # each step computes from the rounded param
-            t.ref.param = t.param.to(torch.float64, copy=True)
+            t.ref.param = t.param.to("cpu", torch.float64, copy=True)
         assert t.step(sparse_grad(ids, values, t.param.shape), hyper, LRS[step],
                       coupled=bool(l1 or l2), decoupled=bool(wd))
         t.ref = reference.lazy_adam_step(t.ref, ids, values, lr=LRS[step], beta1=BETA1,
@@ -246,21 +256,21 @@ def test_multi_dimensional_rows_and_one_dimensional_params(dtype):
 
 def test_embedding_sparse_gradient_from_autograd():
     """The real thing: Embedding(sparse=True)'s .grad (uncoalesced, repeated tokens)."""
-    emb = torch.nn.Embedding(50, 24, sparse=True)
-    tokens = torch.tensor([[3, 9, 3, 41], [9, 9, 0, 17]])
-    (emb(tokens) * torch.randn(2, 4, 24)).sum().backward()
+    emb = torch.nn.Embedding(50, 24, sparse=True).to(DEVICE)
+    tokens = torch.tensor([[3, 9, 3, 41], [9, 9, 0, 17]], device=DEVICE)
+    (emb(tokens) * torch.randn(2, 4, 24).to(DEVICE)).sum().backward()
     grad = emb.weight.grad
     assert grad.layout == torch.sparse_coo and not grad.is_coalesced()
     param = emb.weight.detach()
     before = param.clone()
-    ref = reference.init_state(param, beta1=0.9, beta2=0.999, amsgrad=False)
+    ref = reference.init_state(param.cpu(), beta1=0.9, beta2=0.999, amsgrad=False)
     m, v = torch.zeros_like(param), torch.zeros_like(param)
     hyper = make_hyper(beta1=0.9, beta2=0.999, eps=1e-8)
-    pows = torch.tensor([[0.9, 0.999, 0, 0], [0, 0, 0, 0]])
+    pows = torch.tensor([[0.9, 0.999, 0, 0], [0, 0, 0, 0]], device=DEVICE)
     assert L.sparse_adam_update_(param, grad, m, v, None, hyper, pows[0], pows[1], lr=0.01,
                                  coupled_decay=False, decoupled_decay=False)
-    ref = reference.lazy_adam_step(ref, grad._indices(), grad._values(), lr=0.01, beta1=0.9,
-                                   beta2=0.999, epsilon=1e-8)
+    ref = reference.lazy_adam_step(ref, grad._indices().cpu(), grad._values().cpu(), lr=0.01,
+                                   beta1=0.9, beta2=0.999, epsilon=1e-8)
     assert_close(param, ref.param, F32_TOL, "param")
     assert_close(m, ref.moment1, F32_TOL, "moment1")
     moved = (param != before).any(1).nonzero().flatten().tolist()
@@ -272,7 +282,7 @@ def test_pows_advance_once_with_many_duplicates_and_programs():
     n_rows, width, nnz = 8, L.MAX_BLOCK_W + 5, 40
     t = Table(n_rows, (width,), torch.float32, amsgrad=False, master=False, never={0})
     hyper = make_hyper()
-    start = t.pows[0, :2].clone()
+    start = t.pows[0, :2].to("cpu", copy=True)
     for step in range(3):
         ids = torch.tensor([2, 5, 6])[torch.randint(0, 3, (nnz,))]
         values = torch.randn(nnz, width)
@@ -314,9 +324,9 @@ def test_duplicates_are_summed_in_sparse_tensor_order():
     the summed gradient itself, and 1e8 + 1 - 1e8 is 0 in that order (1 in most others)."""
     ids = torch.tensor([5, 2, 5, 5, 2])
     values = torch.tensor([[1e8], [3.0], [1.0], [-1e8], [4.0]])
-    param, m, v = torch.zeros(8, 1), torch.zeros(8, 1), torch.zeros(8, 1)
+    param, m, v = (torch.zeros(8, 1, device=DEVICE) for _ in range(3))
     hyper = make_hyper(beta1=0.0, beta2=0.999, eps=1e-8)
-    pows = torch.tensor([[0.0, 0.999, 0, 0], [0, 0, 0, 0]])
+    pows = torch.tensor([[0.0, 0.999, 0, 0], [0, 0, 0, 0]], device=DEVICE)
     L.sparse_adam_update_(param, sparse_grad(ids, values, (8, 1)), m, v, None, hyper, pows[0],
                           pows[1], lr=0.1, coupled_decay=False, decoupled_decay=False)
     in_order = {5: (values[0] + values[2]) + values[3], 2: values[1] + values[4]}
@@ -384,7 +394,8 @@ def test_launch_makes_no_host_sync_and_one_sort():
     assert ops.syncs == 0, ops.ops
     assert launches.count == 1
     # Sparse-tensor metadata queries dispatch as aten ops but read host fields: no kernel.
-    kernels = {k: n for k, n in ops.ops.items() if k not in ("sparse_dim", "dense_dim", "_nnz")}
+    kernels = {k: n for k, n in kernel_ops(ops.ops).items()
+               if k not in ("sparse_dim", "dense_dim", "_nnz")}
     assert kernels == {"sort": 1}, ops.ops  # the device sort, nothing else
 
 
@@ -401,16 +412,18 @@ def test_cost_is_proportional_to_rows_present_not_table_size():
     hyper = make_hyper()
     times = {}
     for n_rows in (1_000, 1_000_000):
-        param = torch.randn(n_rows, width)
+        param = torch.randn(n_rows, width, device=DEVICE)
         m, v = torch.zeros_like(param), torch.zeros_like(param)
-        pows = torch.tensor([[BETA1, BETA2, 0, 0], [0, 0, 0, 0]])
+        pows = torch.tensor([[BETA1, BETA2, 0, 0], [0, 0, 0, 0]], device=DEVICE)
         ids = torch.randint(0, n_rows, (nnz,))
         grad = sparse_grad(ids, torch.randn(nnz, width), (n_rows, width))
         samples = []
         for _ in range(4):  # the first is the warm-up
+            synchronize()
             start = time.perf_counter()
             L.sparse_adam_update_(param, grad, m, v, None, hyper, pows[0], pows[1], lr=0.01,
                                   coupled_decay=False, decoupled_decay=False)
+            synchronize()
             samples.append(time.perf_counter() - start)
         times[n_rows] = min(samples[1:])
     ratio = times[1_000_000] / times[1_000]
@@ -421,11 +434,12 @@ def test_cost_is_proportional_to_rows_present_not_table_size():
 
 def _args(**over):
     n, w = 6, 4
-    args = dict(param=torch.randn(n, w), grad=sparse_grad(torch.tensor([1, 3]),
-                                                          torch.randn(2, w), (n, w)),
-                exp_avg=torch.zeros(n, w), exp_avg_sq=torch.zeros(n, w), max_exp_avg_sq=None,
+    args = dict(param=torch.randn(n, w, device=DEVICE),
+                grad=sparse_grad(torch.tensor([1, 3]), torch.randn(2, w), (n, w)),
+                exp_avg=torch.zeros(n, w, device=DEVICE),
+                exp_avg_sq=torch.zeros(n, w, device=DEVICE), max_exp_avg_sq=None,
                 hyper=make_hyper(beta1=0.9, beta2=0.999, eps=1e-8))
-    pows = torch.tensor([[0.9, 0.999, 0, 0], [0, 0, 0, 0]])
+    pows = torch.tensor([[0.9, 0.999, 0, 0], [0, 0, 0, 0]], device=DEVICE)
     args.update(pows_in=pows[0], pows_out=pows[1])
     args.update(over)
     return args
@@ -435,18 +449,22 @@ def _args(**over):
     (lambda a: a.update(grad=a["grad"].to_dense()), "layout"),
     (lambda a: a.update(grad=torch.sparse_coo_tensor(torch.tensor([[1], [2]]),
                                                      torch.ones(1), (6, 4),
-                                                     check_invariants=True)),
+                                                     check_invariants=True).to(DEVICE)),
      "2 sparse dimensions"),
     (lambda a: a.update(grad=sparse_grad(torch.tensor([1]), torch.ones(1, 4).double(), (6, 4))),
      "values dtype"),
     (lambda a: a.update(grad=sparse_grad(torch.tensor([1]), torch.ones(1, 5), (6, 5))),
      "grad shape"),
-    (lambda a: a.update(exp_avg=torch.zeros(6, 8)[:, :4]), "exp_avg is not contiguous"),
-    (lambda a: a.update(exp_avg_sq=torch.zeros(7, 4)), "exp_avg_sq has 28 elements"),
-    (lambda a: a.update(max_exp_avg_sq=torch.zeros(6, 4).double()), "max_exp_avg_sq dtype"),
+    (lambda a: a.update(exp_avg=torch.zeros(6, 8, device=DEVICE)[:, :4]),
+     "exp_avg is not contiguous"),
+    (lambda a: a.update(exp_avg_sq=torch.zeros(7, 4, device=DEVICE)),
+     "exp_avg_sq has 28 elements"),
+    (lambda a: a.update(max_exp_avg_sq=torch.zeros(6, 4, device=DEVICE).double()),
+     "max_exp_avg_sq dtype"),
     (lambda a: a.update(pows_out=a["pows_in"]), "must differ"),
-    (lambda a: a.update(master=torch.zeros(6, 4)), "master weights are for"),
-    (lambda a: a.update(param=a["param"].half(), master=torch.zeros(6, 4).double()),
+    (lambda a: a.update(master=torch.zeros(6, 4, device=DEVICE)), "master weights are for"),
+    (lambda a: a.update(param=a["param"].half(),
+                        master=torch.zeros(6, 4, device=DEVICE).double()),
      "master dtype"),
     (lambda a: a.update(param=a["param"].int()), "param dtype"),
 ])

@@ -4,7 +4,13 @@ AMP without host syncs (a device loss scale and overflow flag consumed by the ke
 Tolerances: master weights and moments are float32 (the update is computed in float32 from
 the master), so they are compared with the float64 reference at float32 tolerance (a few ulps
 per step: rtol 1e-5, atol 1e-6 for values of magnitude ~1 after 5 steps). The fp16/bf16
-parameter must be *exactly* the master rounded to nearest in its dtype.
+parameter must be *exactly* the master rounded to nearest in its dtype. In CUDA mode
+(``tests/devices.py``) the float32 tolerance is at least the FMA bound ``devices.FMA_FLOOR``.
+
+The master-weight configurations of the shared table (``tests/configs.py``: fp16 and bf16
+with global-norm clipping, bf16 AdamW with amsgrad) are also checked by the generic tests:
+against the float64 reference (test_reference.py), both update paths bitwise equal
+(test_multi_tensor.py), exact resume (test_resume.py).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import pytest
 import torch
 
 import triton_adam
+from devices import DEVICE, fma_tol
 from host_syncs import count_host_syncs
 from triton_adam.kernels import adam as K
 from triton_adam.reference import adam_step, init_state
@@ -22,18 +29,18 @@ from triton_adam.reference import adam_step, init_state
 LOW = [torch.float16, torch.bfloat16]
 SHAPES = [(1,), (17,), (K.BLOCK_SIZE + 1,), (5, 7)]
 STEPS = 5
-FP32_TOL = dict(rtol=1e-5, atol=1e-6)
+FP32_TOL = fma_tol(torch.float32, rtol=1e-5, atol=1e-6)
 
 
 def _params(dtype, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(s, generator=gen).to(dtype).requires_grad_() for s in SHAPES]
+    return [torch.randn(s, generator=gen).to(dtype).to(DEVICE).requires_grad_() for s in SHAPES]
 
 
 def _grads(params, grad_dtype, steps=STEPS, seed=1):
     gen = torch.Generator().manual_seed(seed)
-    return [[(torch.randn(p.shape, generator=gen) * 0.5).to(grad_dtype) for p in params]
-            for _ in range(steps)]
+    return [[(torch.randn(p.shape, generator=gen) * 0.5).to(grad_dtype).to(DEVICE)
+             for p in params] for _ in range(steps)]
 
 
 def _set_grads(params, grads):
@@ -52,43 +59,40 @@ def test_master_weights_against_the_reference(dtype, grad_kind, multi_tensor):
     grads = _grads(params, grad_dtype)
     opt = triton_adam.AdamW(0.01, parameters=params, multi_precision=True, amsgrad=True,
                             weight_decay=0.1, use_multi_tensor=multi_tensor)
-    refs = [init_state(p, beta1=0.9, beta2=0.999, amsgrad=True) for p in params]
-    bucket = None
+    refs = [init_state(p.cpu(), beta1=0.9, beta2=0.999, amsgrad=True) for p in params]
     for step_grads in grads:
         _set_grads(params, step_grads)
         opt.step()
         # AdamW's coeff is float32 in Paddle; the reference gets the same value.
-        refs = [adam_step(r, g, lr=0.01, beta1=0.9, beta2=0.999, epsilon=1e-8,
+        refs = [adam_step(r, g.cpu(), lr=0.01, beta1=0.9, beta2=0.999, epsilon=1e-8,
                           weight_decay=float(torch.tensor(0.1, dtype=torch.float32)))
                 for r, g in zip(refs, step_grads)]
-        bucket = opt._buckets[0]
-        assert bucket.master is not None
         for j, p in enumerate(params):
-            master = bucket.state_view(bucket.master, j)
+            master = opt.engine.state(j)["master"]
             assert master.dtype == torch.float32
             # The param is exactly its master rounded to nearest (no drift between them).
             assert torch.equal(p.detach(), master.to(dtype)), j
     for j, (p, r) in enumerate(zip(params, refs)):
-        master = bucket.state_view(bucket.master, j)
-        torch.testing.assert_close(master.double(), r.param, **FP32_TOL)
-        for buf, ref in ((bucket.moment1, r.moment1), (bucket.moment2, r.moment2),
-                         (bucket.moment2_max, r.moment2_max)):
-            view = bucket.state_view(buf, j)
+        state = opt.engine.state(j)
+        torch.testing.assert_close(state["master"].cpu().double(), r.param, **FP32_TOL)
+        for acc, ref in (("exp_avg", r.moment1), ("exp_avg_sq", r.moment2),
+                         ("max_exp_avg_sq", r.moment2_max)):
+            view = state[acc]
             assert view.dtype == torch.float32
-            torch.testing.assert_close(view.double(), ref, **FP32_TOL)
+            torch.testing.assert_close(view.cpu().double(), ref, **FP32_TOL)
 
 
 @pytest.mark.parametrize("dtype", LOW, ids=["fp16", "bf16"])
 def test_without_master_computes_in_fp32_and_warns_once(dtype):
     params = _params(dtype)
     grads = _grads(params, dtype)
-    refs = [init_state(p, beta1=0.9, beta2=0.999, amsgrad=False) for p in params]
+    refs = [init_state(p.cpu(), beta1=0.9, beta2=0.999, amsgrad=False) for p in params]
     with pytest.warns(UserWarning, match="multi_precision=True") as caught:
         opt = triton_adam.Adam(0.01, parameters=params)
         _set_grads(params, grads[0])
         opt.step()
     assert len([w for w in caught if "multi_precision" in str(w.message)]) == 1
-    refs = [adam_step(r, g, lr=0.01, beta1=0.9, beta2=0.999, epsilon=1e-8)
+    refs = [adam_step(r, g.cpu(), lr=0.01, beta1=0.9, beta2=0.999, epsilon=1e-8)
             for r, g in zip(refs, grads[0])]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no second warning
@@ -98,44 +102,28 @@ def test_without_master_computes_in_fp32_and_warns_once(dtype):
             # The reference without master weights: the param is rounded at every step.
             for r in refs:
                 r.param = r.param.to(dtype).double()
-            refs = [adam_step(r, g, lr=0.01, beta1=0.9, beta2=0.999, epsilon=1e-8)
+            refs = [adam_step(r, g.cpu(), lr=0.01, beta1=0.9, beta2=0.999, epsilon=1e-8)
                     for r, g in zip(refs, step_grads)]
-    bucket = opt._buckets[0]
-    assert bucket.master is None and bucket.moment1.dtype == torch.float32
+    assert all("master" not in opt.engine.state(j)
+               and opt.engine.state(j)["exp_avg"].dtype == torch.float32
+               for j in range(len(params)))
     for j, (p, r) in enumerate(zip(params, refs)):
         # Within one rounding of the param's dtype (the fp32 update may land on the other
         # side of a rounding boundary than the float64 one).
         ulp = torch.finfo(dtype).eps * r.param.abs().clamp_min(1e-3)
-        assert ((p.detach().double() - r.param).abs() <= ulp).all(), j
-        torch.testing.assert_close(bucket.state_view(bucket.moment2, j).double(), r.moment2,
-                                   **FP32_TOL)
-
-
-@pytest.mark.parametrize("dtype", LOW, ids=["fp16", "bf16"])
-def test_both_paths_bitwise_equal_with_master_weights(dtype):
-    results = []
-    for multi in (False, True):
-        params = _params(dtype)
-        opt = triton_adam.Adam(0.01, parameters=params, multi_precision=True,
-                               use_multi_tensor=multi,
-                               grad_clip=triton_adam.ClipGradByGlobalNorm(0.5))
-        for step_grads in _grads(params, dtype):
-            _set_grads(params, step_grads)
-            opt.step()
-        b = opt._buckets[0]
-        results.append([p.detach().clone() for p in params] + [b.master.clone(),
-                                                                b.moment1.clone()])
-    assert all(torch.equal(x, y) for x, y in zip(*results))
+        assert ((p.detach().cpu().double() - r.param).abs() <= ulp).all(), j
+        torch.testing.assert_close(opt.engine.state(j)["exp_avg_sq"].cpu().double(),
+                                   r.moment2, **FP32_TOL)
 
 
 def _train_bf16_regression(mode: str, steps: int = 300) -> list[float]:
     """A small linear regression trained in fp32, bf16 + master, or bf16 without master."""
     gen = torch.Generator().manual_seed(3)
-    x = torch.randn(64, 16, generator=gen)
-    w_true = torch.randn(16, 4, generator=gen)
+    x = torch.randn(64, 16, generator=gen).to(DEVICE)
+    w_true = torch.randn(16, 4, generator=gen).to(DEVICE)
     y = x @ w_true
     dtype = torch.float32 if mode == "fp32" else torch.bfloat16
-    w = (torch.randn(16, 4, generator=gen) * 0.1).to(dtype).requires_grad_()
+    w = (torch.randn(16, 4, generator=gen) * 0.1).to(dtype).to(DEVICE).requires_grad_()
     opt = triton_adam.Adam(1e-2, parameters=[w], multi_precision=(mode == "master"),
                            use_multi_tensor=True)
     losses = []
@@ -164,13 +152,13 @@ def _amp_run(bad_step: int | None, skip_step: int | None, monkeypatch=None, mult
     """fp16 params with fp32 master weights under torch.amp.GradScaler; at ``bad_step`` an
     inf is injected into a gradient; at ``skip_step`` the optimizer step is left out."""
     gen = torch.Generator().manual_seed(4)
-    x = torch.randn(32, 8, generator=gen).half()
-    y = torch.randn(32, 3, generator=gen)
-    w1 = (torch.randn(8, 16, generator=gen) * 0.3).half().requires_grad_()
-    w2 = (torch.randn(16, 3, generator=gen) * 0.3).half().requires_grad_()
+    x = torch.randn(32, 8, generator=gen).half().to(DEVICE)
+    y = torch.randn(32, 3, generator=gen).to(DEVICE)
+    w1 = (torch.randn(8, 16, generator=gen) * 0.3).half().to(DEVICE).requires_grad_()
+    w2 = (torch.randn(16, 3, generator=gen) * 0.3).half().to(DEVICE).requires_grad_()
     opt = triton_adam.Adam(1e-2, parameters=[w1, w2], multi_precision=True,
                            use_multi_tensor=multi)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8, growth_interval=1000)
+    scaler = torch.amp.GradScaler(DEVICE.type, init_scale=2.0 ** 8, growth_interval=1000)
     syncs: list[str] = []
     original_step = opt.step
 
@@ -193,10 +181,10 @@ def _amp_run(bad_step: int | None, skip_step: int | None, monkeypatch=None, mult
             scaler.step(opt)
             scaler.update()
         opt.clear_grad()
-    bucket = opt._buckets[0]
     pows = [v.clone() for k, v in sorted(opt.state_dict().items()) if "pow_acc" in k]
-    return [w1.detach().clone(), w2.detach().clone(), bucket.master.clone(),
-            bucket.moment1.clone(), bucket.moment2.clone()] + pows, syncs, scaler
+    state = [opt.engine.state(j)[acc].clone() for j in range(2)
+             for acc in ("master", "exp_avg", "exp_avg_sq")]
+    return [w1.detach().clone(), w2.detach().clone()] + state + pows, syncs, scaler
 
 
 @pytest.mark.parametrize("multi", [False, True], ids=["per-tensor", "multi-tensor"])
@@ -208,7 +196,7 @@ def test_grad_scaler_overflow_step_changes_nothing(monkeypatch, multi):
     # Params, master weights and moments equal those of a run that left the step out
     # (GradScaler's scales are powers of two: unscaling is exact whatever the scale).
     # ... and the pows too: the skipped step copied them instead of advancing them.
-    assert len(with_bad) == len(without) == 5 + 4
+    assert len(with_bad) == len(without) == 2 + 2 * 3 + 4  # params, their state, pows
     for a, b in zip(with_bad, without):
         assert torch.equal(a, b)
     assert syncs == []
@@ -222,18 +210,18 @@ def test_explicit_grad_scale_divides_gradients_inside_the_kernel():
     ref = [p.detach().clone().requires_grad_() for p in params]
     opt = triton_adam.Adam(0.01, parameters=params, use_multi_tensor=True)
     opt_ref = triton_adam.Adam(0.01, parameters=ref, use_multi_tensor=True)
-    scale = torch.tensor(1024.0)
+    scale = torch.tensor(1024.0, device=DEVICE)
     for step_grads in _grads(params, torch.float32):
         _set_grads(params, [g * 1024 for g in step_grads])
         _set_grads(ref, step_grads)
-        opt.step(grad_scale=scale, found_inf=torch.zeros(()))
+        opt.step(grad_scale=scale, found_inf=torch.zeros((), device=DEVICE))
         opt_ref.step()
     for a, b in zip(params, ref):
         assert torch.equal(a, b)
     # found_inf set: nothing changes
     before = [p.detach().clone() for p in params]
     state = {k: v.clone() for k, v in opt.state_dict().items()}
-    opt.step(grad_scale=scale, found_inf=torch.ones(()))
+    opt.step(grad_scale=scale, found_inf=torch.ones((), device=DEVICE))
     assert all(torch.equal(a, b) for a, b in zip(params, before))
     after = opt.state_dict()
     assert all(torch.equal(after[k], state[k]) for k in state)

@@ -1,4 +1,8 @@
-"""The optimizer's API: argument validation (as Paddle raises it), lr, grads, minimize, errors."""
+"""The optimizer's API: argument validation (as Paddle raises it), lr, grads, minimize, errors.
+
+Optimizer tensors live on ``devices.DEVICE`` (``tests/devices.py``); the subprocess checks
+(CPU tensors without the interpreter, imports) are the same in every mode.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +12,18 @@ import sys
 import textwrap
 
 import numpy as np
-import paddle
 import pytest
 import torch
 
 import triton_adam
+from devices import DEVICE, fma_tol, import_paddle, needs_paddle, to_numpy
 from host_syncs import count_host_syncs
 
-paddle.set_device("cpu")
+paddle = import_paddle()
 
 
 def make_params(n=3, dtype=torch.float32):
-    return [torch.randn(k + 2, dtype=dtype, requires_grad=True) for k in range(n)]
+    return [torch.randn(k + 2, dtype=dtype).to(DEVICE).requires_grad_() for k in range(n)]
 
 
 def raised(fn):
@@ -47,6 +51,7 @@ BAD_ARGS = {
 }
 
 
+@needs_paddle
 @pytest.mark.parametrize("cls", ["Adam", "AdamW"])
 @pytest.mark.parametrize("case", list(BAD_ARGS))
 def test_bad_arguments_raise_like_paddle(cls, case):
@@ -65,6 +70,7 @@ def test_bad_arguments_raise_like_paddle(cls, case):
     assert ours is theirs
 
 
+@needs_paddle
 def test_parameters_errors_like_paddle():
     assert raised(lambda: triton_adam.Adam(0.1)) is raised(lambda: paddle.optimizer.Adam(0.1))
     assert raised(lambda: triton_adam.Adam(0.1, parameters=torch.zeros(2))) is raised(
@@ -75,6 +81,7 @@ def test_parameters_errors_like_paddle():
         triton_adam.Adam(0.1, parameters=[])
 
 
+@needs_paddle
 def test_weight_decay_types():
     p = make_params(1)
     with pytest.raises(TypeError, match="weight_decay"):
@@ -89,9 +96,10 @@ def test_weight_decay_types():
 
 def test_beta_tensor_must_have_one_element():
     with pytest.raises(TypeError, match="one element"):
-        triton_adam.Adam(parameters=make_params(1), beta1=torch.tensor([0.9, 0.9]))
+        triton_adam.Adam(parameters=make_params(1),
+                         beta1=torch.tensor([0.9, 0.9], device=DEVICE))
     with pytest.raises(ValueError, match="beta2"):
-        triton_adam.Adam(parameters=make_params(1), beta2=torch.tensor([1.0]))
+        triton_adam.Adam(parameters=make_params(1), beta2=torch.tensor([1.0], device=DEVICE))
 
 
 def test_duplicate_parameter_is_an_error():
@@ -101,7 +109,7 @@ def test_duplicate_parameter_is_an_error():
 
 
 def test_non_contiguous_parameter_is_an_error():
-    p = torch.randn(4, 3).t().requires_grad_()
+    p = torch.randn(4, 3, device=DEVICE).t().requires_grad_()
     with pytest.raises(ValueError, match="not contiguous"):
         triton_adam.Adam(parameters=[p])
 
@@ -138,9 +146,9 @@ def test_clear_grad_zero_and_none():
 
 def test_zero_grad_is_still_a_step():
     """After clear_grad() (zeros), a step decays the moments and moves the param."""
-    p = torch.tensor([1.0, -2.0], requires_grad=True)
+    p = torch.tensor([1.0, -2.0], device=DEVICE, requires_grad=True)
     opt = triton_adam.Adam(0.1, parameters=[p])
-    p.grad = torch.tensor([1.0, 1.0])
+    p.grad = torch.tensor([1.0, 1.0], device=DEVICE)
     opt.step()
     opt.clear_grad()
     after_one = p.detach().clone()
@@ -149,7 +157,7 @@ def test_zero_grad_is_still_a_step():
     state = opt.state_dict()
     assert torch.allclose(state["param_0_moment1_0"], 0.9 * m1)
     assert not torch.equal(p.detach(), after_one)
-    assert torch.allclose(state["param_0_beta1_pow_acc_0"], torch.tensor([0.9 ** 3]))
+    assert torch.allclose(state["param_0_beta1_pow_acc_0"].cpu(), torch.tensor([0.9 ** 3]))
 
 
 def test_minimize_uses_existing_grads_and_does_not_backprop():
@@ -185,7 +193,7 @@ def test_params_without_grad_or_frozen_are_untouched():
 
 def test_bad_gradient_changes_nothing():
     """Every pair is validated before the first launch: no half-applied step."""
-    params = make_params(1) + [torch.randn(3, 4, requires_grad=True)]
+    params = make_params(1) + [torch.randn(3, 4, device=DEVICE, requires_grad=True)]
     params[0].grad = torch.randn_like(params[0])
     # 2-D sparse (sparse_dim 2): not the row-sparse gradient lazy mode takes
     params[1].grad = torch.randn_like(params[1]).to_sparse()
@@ -291,7 +299,7 @@ def test_state_dict_empty_before_first_step_and_paddle_dtypes():
     state = opt.state_dict()
     assert all(v.dtype == torch.float64 for v in state.values())
     assert state["param_0_beta1_pow_acc_0"].shape == (1,)
-    np.testing.assert_allclose(state["param_0_beta2_pow_acc_0"].numpy(), [0.999 ** 2])
+    np.testing.assert_allclose(to_numpy(state["param_0_beta2_pow_acc_0"]), [0.999 ** 2])
 
 
 def test_adamw_lr_ratio_matches_reference():
@@ -303,20 +311,21 @@ def test_adamw_lr_ratio_matches_reference():
     coeff = float(np.float32(0.1))  # Paddle's float32 attribute
     opt = triton_adam.AdamW(0.01, parameters=params, weight_decay=0.1, amsgrad=True,
                             lr_ratio=lambda p: ratio[id(p)])
-    refs = [reference.init_state(p, beta1=0.9, beta2=0.999, amsgrad=True) for p in params]
+    refs = [reference.init_state(p.cpu(), beta1=0.9, beta2=0.999, amsgrad=True) for p in params]
+    tol = fma_tol(torch.float64, rtol=1e-12, atol=1e-12)
     for step in range(4):
         for i, p in enumerate(params):
             p.grad = torch.randn_like(p)
-            refs[i] = reference.adam_step(refs[i], p.grad, lr=0.01, beta1=0.9, beta2=0.999,
-                                          epsilon=1e-8, lr_scale=ratio[id(p)],
+            refs[i] = reference.adam_step(refs[i], p.grad.cpu(), lr=0.01, beta1=0.9,
+                                          beta2=0.999, epsilon=1e-8, lr_scale=ratio[id(p)],
                                           weight_decay=coeff)
         opt.step()
     for p, ref in zip(params, refs):
-        torch.testing.assert_close(p.detach(), ref.param, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(p.detach().cpu(), ref.param, **tol)
     state = opt.state_dict()
     for i, ref in enumerate(refs):
-        torch.testing.assert_close(state[f"param_{i}_moment2_max_0"], ref.moment2_max,
-                                   rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(state[f"param_{i}_moment2_max_0"].cpu(), ref.moment2_max,
+                                   **tol)
 
 
 @pytest.mark.parametrize("kwargs", [
@@ -330,6 +339,7 @@ def test_step_makes_no_host_sync(monkeypatch, kwargs, multi_tensor):
     multi-tensor path rebuilds its address table every step here (new grads each step)."""
     params = make_params(3)
     sched = triton_adam.lr.StepDecay(0.1, step_size=1)
+    kwargs = {k: v.to(DEVICE) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
     opt = triton_adam.Adam(sched, parameters=params, use_multi_tensor=multi_tensor, **kwargs)
     calls = []
     count_host_syncs(monkeypatch, calls)

@@ -3,24 +3,26 @@
 Tolerances: float64 runs agree to 1e-12 (both sides compute in float64; the formulas differ
 only in algebraic form). float32 runs agree to 1e-5 relative: both sides round to float32 at
 every operation but in a different order (Paddle's CPU kernel vs ours, with FMA), a few ulps
-(~1e-6 relative) per step after 10 steps; atol 1e-7 covers moments near zero.
+(~1e-6 relative) per step after 10 steps; atol 1e-7 covers moments near zero. In CUDA mode
+(``tests/devices.py``) both are at least the FMA bound ``devices.FMA_FLOOR``; Paddle runs on the
+CPU and our results are brought back to it.
 """
 
 from __future__ import annotations
 
-import functools
-import types
-
 import numpy as np
-import paddle
 import pytest
 import torch
 
+import configs
 import triton_adam
+from configs import CONFIGS, PADDLE_CONFIGS
+from devices import DEVICE, fma_tol, import_paddle, needs_paddle, to_numpy
 
-paddle.set_device("cpu")
+paddle = import_paddle()
 
-TOL = {"float64": dict(rtol=1e-12, atol=1e-12), "float32": dict(rtol=1e-5, atol=1e-7)}
+TOL = {"float64": fma_tol("float64", rtol=1e-12, atol=1e-12),
+       "float32": fma_tol("float32", rtol=1e-5, atol=1e-7)}
 STEPS = 10
 
 
@@ -49,7 +51,7 @@ def paddle_step(params, opt, grads):
 
 
 def torch_params(init):
-    return [torch.tensor(a, requires_grad=True) for a in init]
+    return [torch.tensor(a, device=DEVICE, requires_grad=True) for a in init]
 
 
 def torch_names(params):
@@ -59,69 +61,30 @@ def torch_names(params):
 
 def torch_step(params, opt, grads):
     for p, g in zip(params, grads):
-        p.grad = torch.from_numpy(g.copy())
+        p.grad = torch.from_numpy(g.copy()).to(DEVICE)
     opt.step()
     opt.clear_grad()
 
 
-# name -> factory(module, params, names, dtype) for the same optimizer in either library.
-def _beta_tensor(mod, value, dtype):
-    return (paddle.to_tensor([value], dtype=dtype) if mod is paddle
-            else torch.tensor([value], dtype=getattr(torch, dtype)))
-
-
-CONFIGS = {
-    "adam": lambda mod, ps, names, dt: _opt(mod).Adam(0.01, parameters=ps),
-    "adam-weight_decay-float": lambda mod, ps, names, dt: _opt(mod).Adam(
-        0.02, parameters=ps, weight_decay=0.05),
-    "adam-L2Decay": lambda mod, ps, names, dt: _opt(mod).Adam(
-        0.02, beta1=0.8, beta2=0.99, epsilon=1e-6, parameters=ps,
-        weight_decay=_reg(mod).L2Decay(0.1)),
-    "adam-L1Decay": lambda mod, ps, names, dt: _opt(mod).Adam(
-        0.02, parameters=ps, weight_decay=_reg(mod).L1Decay(0.03)),
-    "adam-amsgrad": lambda mod, ps, names, dt: _opt(mod).Adam(
-        0.05, parameters=ps, amsgrad=True),
-    "adamw": lambda mod, ps, names, dt: _opt(mod).AdamW(
-        0.03, parameters=ps, weight_decay=0.1,
-        apply_decay_param_fun=lambda n: n != names[1]),  # our names: param_{i}
-    "adamw-amsgrad": lambda mod, ps, names, dt: _opt(mod).AdamW(
-        0.03, beta1=0.7, parameters=ps, amsgrad=True),
-    "adam-betas-as-tensors": lambda mod, ps, names, dt: _opt(mod).Adam(
-        0.01, beta1=_beta_tensor(mod, 0.9, dt), beta2=_beta_tensor(mod, 0.999, dt),
-        epsilon=_beta_tensor(mod, 1e-7, dt), parameters=ps),
-}
-
-
-# ``mod`` is paddle, triton_adam, or MULTI_TENSOR: triton_adam with use_multi_tensor=True.
-MULTI_TENSOR = types.SimpleNamespace(
-    Adam=functools.partial(triton_adam.Adam, use_multi_tensor=True),
-    AdamW=functools.partial(triton_adam.AdamW, use_multi_tensor=True))
-
-
-def _opt(mod):
-    return {id(paddle): paddle.optimizer, id(MULTI_TENSOR): MULTI_TENSOR}.get(id(mod),
-                                                                            triton_adam)
-
-
-def _reg(mod):
-    return paddle.regularizer if mod is paddle else triton_adam
+# The configurations of the shared table (tests/configs.py) that Paddle's CPU build runs too,
+# each built with either library's classes (``configs.OURS`` / ``configs.paddle_lib()``).
+PADDLE = configs.paddle_lib() if paddle is not None else None
 
 
 def _paddle_accumulator(opt, acc, param):
     return opt._accumulators[acc][param.name].numpy()
 
 
+@needs_paddle
 @pytest.mark.parametrize("multi_tensor", [False, True], ids=["per-tensor", "multi-tensor"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("config", list(CONFIGS))
+@pytest.mark.parametrize("config", PADDLE_CONFIGS)
 def test_matches_paddle(config, dtype, multi_tensor):
     init, grads = random_problem(dtype, seed=len(config))
     pp = paddle_params(init)
-    names = [p.name for p in pp]
-    popt = CONFIGS[config](paddle, pp, names, dtype)
+    popt = CONFIGS[config].make(pp, lib=PADDLE)
     tp = torch_params(init)
-    topt = CONFIGS[config](MULTI_TENSOR if multi_tensor else triton_adam, tp, torch_names(tp),
-                           dtype)
+    topt = CONFIGS[config].make(tp, use_multi_tensor=multi_tensor)
     for step, g in enumerate(grads):
         if step == 4:  # a learning-rate change mid-run, as a user's schedule would make
             popt.set_lr(popt.get_lr() * 0.5)
@@ -132,20 +95,22 @@ def test_matches_paddle(config, dtype, multi_tensor):
     tol = TOL[dtype]
     state = topt.state_dict()
     accs = ["moment1", "moment2", "beta1_pow_acc", "beta2_pow_acc"]
-    if "amsgrad" in config:
+    if CONFIGS[config].amsgrad:
         accs.append("moment2_max")
     for p_pd, p_t, name in zip(pp, tp, torch_names(tp)):
         assert p_t.dtype == getattr(torch, dtype)
-        np.testing.assert_allclose(p_t.detach().numpy(), p_pd.numpy(), **tol,
+        np.testing.assert_allclose(to_numpy(p_t), p_pd.numpy(), **tol,
                                    err_msg=f"param {p_pd.name}")
         for acc in accs:
             ours = state[f"{name}_{acc}_0"]
             theirs = _paddle_accumulator(popt, acc, p_pd)
             assert ours.dtype == getattr(torch, dtype), acc
             assert tuple(ours.shape) == theirs.shape, acc
-            np.testing.assert_allclose(ours.numpy(), theirs, **tol, err_msg=f"{acc} {p_pd.name}")
+            np.testing.assert_allclose(to_numpy(ours), theirs, **tol,
+                                       err_msg=f"{acc} {p_pd.name}")
 
 
+@needs_paddle
 def test_beta_tensors_changed_in_place_are_read_every_step():
     """Paddle reads tensor betas at every step; so do we (on the device, without a sync)."""
     init, grads = random_problem("float64", seed=3)
@@ -153,8 +118,8 @@ def test_beta_tensors_changed_in_place_are_read_every_step():
     tp = torch_params(init)
     pb1, pb2 = paddle.to_tensor([0.9], dtype="float64"), paddle.to_tensor([0.999],
                                                                            dtype="float64")
-    tb1, tb2 = torch.tensor([0.9], dtype=torch.float64), torch.tensor([0.999],
-                                                                      dtype=torch.float64)
+    tb1 = torch.tensor([0.9], dtype=torch.float64, device=DEVICE)
+    tb2 = torch.tensor([0.999], dtype=torch.float64, device=DEVICE)
     popt = paddle.optimizer.Adam(0.01, beta1=pb1, beta2=pb2, parameters=pp)
     topt = triton_adam.Adam(0.01, beta1=tb1, beta2=tb2, parameters=tp)
     for step, g in enumerate(grads):
@@ -166,12 +131,13 @@ def test_beta_tensors_changed_in_place_are_read_every_step():
         paddle_step(pp, popt, g)
         torch_step(tp, topt, g)
     for p_pd, p_t, name in zip(pp, tp, torch_names(tp)):
-        np.testing.assert_allclose(p_t.detach().numpy(), p_pd.numpy(), **TOL["float64"])
-        np.testing.assert_allclose(topt.state_dict()[f"{name}_beta1_pow_acc_0"].numpy(),
+        np.testing.assert_allclose(to_numpy(p_t), p_pd.numpy(), **TOL["float64"])
+        np.testing.assert_allclose(to_numpy(topt.state_dict()[f"{name}_beta1_pow_acc_0"]),
                                    _paddle_accumulator(popt, "beta1_pow_acc", p_pd),
                                    **TOL["float64"])
 
 
+@needs_paddle
 def test_param_without_grad_keeps_its_own_step_count():
     """Pows advance per parameter: a param skipped (grad None) lags behind, as in Paddle."""
     init, grads = random_problem("float64", seed=5, steps=6)
@@ -186,16 +152,17 @@ def test_param_without_grad_keeps_its_own_step_count():
         popt.step()
         popt.clear_grad(set_to_zero=False)
         for i in active:
-            tp[i].grad = torch.from_numpy(g[i].copy())
+            tp[i].grad = torch.from_numpy(g[i].copy()).to(DEVICE)
         topt.step()
         topt.clear_grad(set_to_zero=False)
     for p_pd, p_t, name in zip(pp, tp, torch_names(tp)):
-        np.testing.assert_allclose(p_t.detach().numpy(), p_pd.numpy(), **TOL["float64"])
-        np.testing.assert_allclose(topt.state_dict()[f"{name}_beta2_pow_acc_0"].numpy(),
+        np.testing.assert_allclose(to_numpy(p_t), p_pd.numpy(), **TOL["float64"])
+        np.testing.assert_allclose(to_numpy(topt.state_dict()[f"{name}_beta2_pow_acc_0"]),
                                    _paddle_accumulator(popt, "beta2_pow_acc", p_pd),
                                    **TOL["float64"])
 
 
+@needs_paddle
 def test_named_optimizer_state_keys_match_paddle():
     init, grads = random_problem("float32", seed=7, steps=1)
     pp = paddle_params(init)
@@ -240,7 +207,7 @@ GOLDEN = {
 
 @pytest.mark.parametrize("case", list(GOLDEN))
 def test_golden_table(case):
-    p = torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64, requires_grad=True)
+    p = torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64, device=DEVICE, requires_grad=True)
     if case == "adam":
         opt = triton_adam.Adam(0.1, parameters=[p])
     elif case == "adam-wd":
@@ -248,9 +215,9 @@ def test_golden_table(case):
     else:
         opt = triton_adam.AdamW(0.1, parameters=[p], weight_decay=0.01)
     for expected in GOLDEN[case]:
-        p.grad = torch.tensor([0.1, -0.2, 0.3], dtype=torch.float64)
+        p.grad = torch.tensor([0.1, -0.2, 0.3], dtype=torch.float64, device=DEVICE)
         opt.step()
-        np.testing.assert_allclose(p.detach().numpy(), expected, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(to_numpy(p), expected, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("amsgrad, expected", [
@@ -258,14 +225,15 @@ def test_golden_table(case):
     (False, [0.7750933109257331, -1.7878187758946242, 2.769666054012052]),
 ])
 def test_golden_amsgrad(amsgrad, expected):
-    p = torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64, requires_grad=True)
+    p = torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64, device=DEVICE, requires_grad=True)
     opt = triton_adam.Adam(0.1, parameters=[p], amsgrad=amsgrad)
     for g in ([1.0, -1.0, 0.5], [0.0, 0.0, 0.0], [0.1, 0.1, 0.1]):
-        p.grad = torch.tensor(g, dtype=torch.float64)
+        p.grad = torch.tensor(g, dtype=torch.float64, device=DEVICE)
         opt.step()
-    np.testing.assert_allclose(p.detach().numpy(), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(to_numpy(p), expected, rtol=1e-12, atol=1e-12)
 
 
+@needs_paddle
 @pytest.mark.parametrize("make_scheduler", [
     lambda mod: mod.StepDecay(0.05, step_size=3, gamma=0.5),
     lambda mod: mod.NoamDecay(d_model=64, warmup_steps=5, learning_rate=2.0),
@@ -290,4 +258,4 @@ def test_scheduler_driven_run_matches_paddle(make_scheduler):
     assert len(lrs) > 3  # the schedule really changed the learning rate
     assert topt.state_dict()["LR_Scheduler"] == popt.state_dict()["LR_Scheduler"]
     for p_pd, p_t in zip(pp, tp):
-        np.testing.assert_allclose(p_t.detach().numpy(), p_pd.numpy(), **TOL["float64"])
+        np.testing.assert_allclose(to_numpy(p_t), p_pd.numpy(), **TOL["float64"])

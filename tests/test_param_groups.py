@@ -2,20 +2,21 @@
 
 Every run is float64 for 10 steps (tolerance 1e-12, as in test_paddle_parity.py: both sides
 compute in float64 and differ only in algebraic form), with both update paths: one launch
-per parameter and one multi-tensor launch per bucket.
+per parameter and one multi-tensor launch per bucket. Our side runs on ``devices.DEVICE``
+(``tests/devices.py``), Paddle on the CPU.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import paddle
 import pytest
 import torch
 
 import triton_adam
+from devices import DEVICE, import_paddle, needs_paddle, to_numpy
 from test_paddle_parity import TOL, random_problem
 
-paddle.set_device("cpu")
+paddle = import_paddle()
 STEPS = 10
 ACCS = ["moment1", "moment2", "beta1_pow_acc", "beta2_pow_acc"]
 
@@ -29,7 +30,7 @@ def _paddle_param(a: np.ndarray, lr: float | None = None, reg: object = None):
 
 
 def _torch_param(a: np.ndarray, lr: float | None = None, reg: object = None):
-    p = torch.tensor(a, requires_grad=True)
+    p = torch.tensor(a, device=DEVICE, requires_grad=True)
     triton_adam.set_param_attr(p, learning_rate=lr, regularizer=reg)
     return p
 
@@ -54,7 +55,7 @@ def _run(make_params, make_opt, multi_tensor: bool, seed: int, grads_none=()):
         popt.step()
         popt.clear_grad(set_to_zero=False)
         for i in active:
-            tp[i].grad = torch.from_numpy(g[i].copy())
+            tp[i].grad = torch.from_numpy(g[i].copy()).to(DEVICE)
         topt.step()
         topt.clear_grad(set_to_zero=False)
     return pp, popt, tp, topt
@@ -63,11 +64,11 @@ def _run(make_params, make_opt, multi_tensor: bool, seed: int, grads_none=()):
 def _assert_same(pp, popt, tp, topt):
     state = topt.state_dict()
     for i, (p_pd, p_t) in enumerate(zip(pp, tp)):
-        np.testing.assert_allclose(p_t.detach().numpy(), p_pd.numpy(), **TOL["float64"],
+        np.testing.assert_allclose(to_numpy(p_t), p_pd.numpy(), **TOL["float64"],
                                    err_msg=f"param {i}")
         for acc in ACCS:
             theirs = popt._accumulators[acc][p_pd.name].numpy()
-            np.testing.assert_allclose(state[f"param_{i}_{acc}_0"].numpy(), theirs,
+            np.testing.assert_allclose(to_numpy(state[f"param_{i}_{acc}_0"]), theirs,
                                        **TOL["float64"], err_msg=f"{acc} of param {i}")
 
 
@@ -83,6 +84,7 @@ MULTI = pytest.mark.parametrize("multi_tensor", [False, True],
                                 ids=["per-tensor", "multi-tensor"])
 
 
+@needs_paddle
 @MULTI
 def test_groups_with_learning_rate_scales_and_beta_epsilon_overrides(multi_tensor):
     def params(mod, init):
@@ -97,6 +99,7 @@ def test_groups_with_learning_rate_scales_and_beta_epsilon_overrides(multi_tenso
     _assert_same(*_run(params, opt, multi_tensor, seed=11))
 
 
+@needs_paddle
 @MULTI
 def test_groups_adamw_weight_decay_and_learning_rate_per_group(multi_tensor):
     def params(mod, init):
@@ -112,6 +115,7 @@ def test_groups_adamw_weight_decay_and_learning_rate_per_group(multi_tensor):
     _assert_same(*_run(params, opt, multi_tensor, seed=12))
 
 
+@needs_paddle
 @MULTI
 def test_flat_per_parameter_regularizer_wins_and_lr_scale_applies(multi_tensor):
     """Flat list: param 0's L1Decay and param 2's L2Decay replace the optimizer's weight_decay
@@ -131,6 +135,7 @@ def test_flat_per_parameter_regularizer_wins_and_lr_scale_applies(multi_tensor):
     _assert_same(*_run(params, opt, multi_tensor, seed=13))
 
 
+@needs_paddle
 @MULTI
 def test_group_weight_decay_overrides_the_parameters_regularizer(multi_tensor):
     """Group mode: the group's weight_decay (default: the optimizer's) replaces every
@@ -151,6 +156,7 @@ def test_group_weight_decay_overrides_the_parameters_regularizer(multi_tensor):
     _assert_same(*_run(params, opt, multi_tensor, seed=14))
 
 
+@needs_paddle
 @MULTI
 def test_adamw_keeps_parameter_regularizers_in_both_modes(multi_tensor):
     """AdamW has no optimizer-wide regularizer; a parameter's own is still added to its
@@ -170,6 +176,7 @@ def test_adamw_keeps_parameter_regularizers_in_both_modes(multi_tensor):
     _assert_same(*_run(params, groups, multi_tensor, seed=16))
 
 
+@needs_paddle
 @MULTI
 def test_groups_with_skipped_parameters_keep_their_own_step_counts(multi_tensor):
     def params(mod, init):
@@ -184,6 +191,7 @@ def test_groups_with_skipped_parameters_keep_their_own_step_counts(multi_tensor)
     _assert_same(*_run(params, opt, multi_tensor, seed=17, grads_none=skipped))
 
 
+@needs_paddle
 def test_append_regularization_ops_matches_paddle():
     init, grads = random_problem("float64", seed=18, steps=1)
     g = grads[0]
@@ -194,7 +202,7 @@ def test_append_regularization_ops_matches_paddle():
     popt = paddle.optimizer.Adam(0.01, parameters=pp)
     topt = triton_adam.Adam(0.01, parameters=tp)
     p_pairs = [(pp[0], paddle.to_tensor(g[0])), (pp[1], paddle.to_tensor(g[1])), (pp[2], None)]
-    t_grads = [torch.from_numpy(g[0].copy()), torch.from_numpy(g[1].copy())]
+    t_grads = [torch.from_numpy(g[0].copy()).to(DEVICE), torch.from_numpy(g[1].copy()).to(DEVICE)]
     t_pairs = [(tp[0], t_grads[0]), (tp[1], t_grads[1]), (tp[2], None)]
     for p_reg, t_reg in [(None, None), (paddle.regularizer.L2Decay(0.05),
                                         triton_adam.L2Decay(0.05))]:
@@ -205,9 +213,9 @@ def test_append_regularization_ops_matches_paddle():
             if b is None:
                 assert a is None
             else:
-                np.testing.assert_allclose(a.numpy(), b.numpy(), **TOL["float64"])
+                np.testing.assert_allclose(to_numpy(a), b.numpy(), **TOL["float64"])
     # The gradients themselves are not modified.
-    assert torch.equal(t_grads[0], torch.from_numpy(g[0]))
+    assert torch.equal(t_grads[0].cpu(), torch.from_numpy(g[0]))
     # Without any regularizer the gradient tensor is returned as is (Paddle does the same).
     assert topt.append_regularization_ops(t_pairs[1:2])[0][1] is t_grads[1]
 
@@ -220,6 +228,7 @@ def _paddle_error(fn):
     return None
 
 
+@needs_paddle
 def test_group_errors_match_paddle():
     a = np.ones(3)
     pp = [_paddle_param(a), _paddle_param(a)]
@@ -256,12 +265,12 @@ def test_group_option_errors_are_named(bad, error, match):
 
 
 def test_named_parameters_give_state_names_and_set_param_attr_wins():
-    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1)).double()
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1)).double().to(DEVICE)
     triton_adam.set_param_attr(model[1].bias, name="head_bias")
     seen = []
     opt = triton_adam.AdamW(0.01, parameters=model.named_parameters(),
                             apply_decay_param_fun=lambda n: seen.append(n) or True)
-    model(torch.randn(4, 3, dtype=torch.float64)).sum().backward()
+    model(torch.randn(4, 3, dtype=torch.float64, device=DEVICE)).sum().backward()
     opt.step()
     expected = ["0.weight", "0.bias", "1.weight", "head_bias"]
     assert seen == expected
@@ -272,8 +281,8 @@ def test_named_parameters_give_state_names_and_set_param_attr_wins():
 def test_parameter_attributes_set_directly_are_read():
     """Attributes assigned without the helper (Paddle's names) count the same way."""
     init, grads = random_problem("float64", seed=19, steps=3)
-    a = [torch.tensor(x, requires_grad=True) for x in init]
-    b = [torch.tensor(x, requires_grad=True) for x in init]
+    a = [torch.tensor(x, device=DEVICE, requires_grad=True) for x in init]
+    b = [torch.tensor(x, device=DEVICE, requires_grad=True) for x in init]
     a[0].optimize_attr = {"learning_rate": 3.0}
     a[1].regularizer = triton_adam.L1Decay(0.1)
     triton_adam.set_param_attr(b[0], learning_rate=3.0)
@@ -282,11 +291,11 @@ def test_parameter_attributes_set_directly_are_read():
     for g in grads:
         for ps, o in ((a, oa), (b, ob)):
             for p, x in zip(ps, g):
-                p.grad = torch.from_numpy(x.copy())
+                p.grad = torch.from_numpy(x.copy()).to(DEVICE)
             o.step()
     for x, y in zip(a, b):
         assert torch.equal(x, y)
-    assert not torch.equal(a[0], torch.from_numpy(init[0]))
+    assert not torch.equal(a[0].cpu(), torch.from_numpy(init[0]))
 
 
 def test_set_param_attr_validates():

@@ -1,7 +1,10 @@
-"""Host cost of a step: the counting instruments, and perf/step_cost.py on a reduced setting."""
+"""Host cost of a step: the counting instruments, and perf/step_cost.py on a reduced setting.
+
+The instruments are checked on ``devices.DEVICE`` tensors (``tests/devices.py``);
+perf/step_cost.py runs on the CPU under the interpreter whatever the mode, so CUDA mode skips it.
+"""
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -9,16 +12,15 @@ import sys
 import torch
 
 import triton_adam
+from counters import DeviceOps, TritonLaunches  # perf/counters.py (pytest's pythonpath)
+from devices import DEVICE, cpu_only
 from triton_adam.kernels import adam
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "perf"))
-
-from counters import DeviceOps, TritonLaunches  # noqa: E402
 
 
 def test_device_ops_counts_launches_and_syncs_but_not_host_tensors():
-    device, host = torch.ones(8), torch.ones(())
+    device, host = torch.ones(8, device=DEVICE), torch.ones(())
     with DeviceOps(host_tensors=[host]) as ops:
         device.add_(1)  # a launch
         device.view(2, 4)  # a view: no launch
@@ -31,9 +33,9 @@ def test_device_ops_counts_launches_and_syncs_but_not_host_tensors():
 
 
 def test_triton_launches_counts_and_can_skip_the_kernel():
-    param = torch.nn.Parameter(torch.randn(100))
+    param = torch.nn.Parameter(torch.randn(100, device=DEVICE))
     opt = triton_adam.Adam(parameters=[param])
-    param.grad = torch.randn(100)
+    param.grad = torch.randn(100, device=DEVICE)
     before = param.clone()
     with TritonLaunches(execute=False) as launches:
         opt.step()
@@ -44,6 +46,7 @@ def test_triton_launches_counts_and_can_skip_the_kernel():
     assert "run" not in vars(adam._adam_kernel)
 
 
+@cpu_only("perf/step_cost.py runs on the CPU under the interpreter in every mode")
 def test_step_cost_reduced(tmp_path):
     out = tmp_path / "step_cost.json"
     result = subprocess.run(
@@ -78,14 +81,14 @@ def test_step_cost_reduced(tmp_path):
 def test_multi_tensor_host_time_is_a_small_per_tensor_check():
     """With the tables built, a multi-tensor step's host work is a per-tensor identity check
     (gradient object, addresses, contiguity): far below a launch per tensor. Bounds are loose
-    (a shared 2-core CI machine); the measured values are in the README."""
+    (a shared 2-core CI machine); the measured values are in docs/performance.md."""
     import time
     import statistics
 
     def host_us(n, multi):
-        ps = [torch.nn.Parameter(torch.randn(8)) for _ in range(n)]
+        ps = [torch.nn.Parameter(torch.randn(8, device=DEVICE)) for _ in range(n)]
         for p in ps:
-            p.grad = torch.randn(8)
+            p.grad = torch.randn(8, device=DEVICE)
         opt = triton_adam.Adam(parameters=ps, use_multi_tensor=multi)
         with TritonLaunches(execute=False) as launches:
             opt.step()

@@ -1,14 +1,16 @@
 """Does training resumed from a checkpoint in a new process reproduce the run that never stopped?
 
-For every mode of ``resume_worker.MODES`` (flat and group parameters, both update paths,
-amsgrad, AdamW with ``lr_ratio`` / ``apply_decay_param_fun``, L1/L2 decay and per-parameter
-attributes, global-norm clipping, tensor betas, schedulers, gradients that are None on some
-steps), this process trains ``STEPS_BEFORE`` steps, saves the parameters and
+For every configuration of the shared table (``tests/configs.py``: flat and group
+parameters, amsgrad, AdamW with ``lr_ratio`` / ``apply_decay_param_fun``, L1/L2 decay and
+per-parameter attributes, every clip, tensor betas, schedulers, fp16/bf16 master weights,
+lazy sparse rows) on both update paths (``resume_worker.MODES``), with gradients that are None
+on some steps, this process trains ``STEPS_BEFORE`` steps, saves the parameters and
 ``opt.state_dict()`` with ``triton_adam.save``, and trains on to ``STEPS_BEFORE +
 STEPS_AFTER``. One subprocess loads every checkpoint into fresh parameters and optimizers
 (``triton_adam.load`` + ``set_state_dict`` before the first step) and trains the same
 remaining steps. Parameters and the whole state dict (moments, pows, scheduler) must be
-**bitwise** equal (``torch.equal``): the resumed kernels see exactly the same inputs.
+**bitwise** equal (``torch.equal``): the resumed kernels see exactly the same inputs. Both
+processes run on ``devices.DEVICE`` (``tests/devices.py``); results are compared on the CPU.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 
 import triton_adam
 import resume_worker as W
+from devices import worker_env
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -44,7 +47,7 @@ def assert_bitwise(ours, expected, where: str) -> None:
 
 def _copy(obj):
     if isinstance(obj, torch.Tensor):
-        return obj.detach().clone()
+        return obj.detach().to("cpu", copy=True)  # compared with files loaded on the CPU
     if isinstance(obj, dict):
         return {k: _copy(v) for k, v in obj.items()}
     return obj
@@ -66,7 +69,7 @@ def runs(tmp_path_factory):
         W.train(mode, params, opt, sched,
                 range(W.STEPS_BEFORE, W.STEPS_BEFORE + W.STEPS_AFTER))
         expected[mode.name] = (_copy(W.param_dict(params)), _copy(opt.state_dict()))
-    env = dict(os.environ, TRITON_INTERPRET="1")
+    env = worker_env()
     proc = subprocess.run([sys.executable, os.path.join(HERE, "resume_worker.py"), directory,
                            *W.MODES], env=env, capture_output=True, text=True, timeout=300)
     # Exit status 1 is "some mode failed" (its .error file says why); anything else, or no

@@ -9,22 +9,26 @@
   Paddle behaviour each one mirrors where Paddle has one.
 
 Expected values come from Paddle or from an optimizer of this library that never saved and
-loaded (bitwise equal then: the same kernels on the same inputs).
+loaded (bitwise equal then: the same kernels on the same inputs). Our optimizers run on
+``devices.DEVICE`` (``tests/devices.py``), Paddle on the CPU.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import paddle
 import pytest
 import torch
 
 import triton_adam
+from configs import CONFIGS as TABLE
+from configs import OURS, paddle_lib
+from devices import DEVICE, import_paddle, needs_paddle
 from test_paddle_parity import TOL, random_problem
 from triton_adam import state as S
 from triton_adam.io import CorruptFileError
 
-paddle.set_device("cpu")
+paddle = import_paddle()
+PADDLE = paddle_lib() if paddle is not None else None
 
 K_STEPS, N_STEPS = 3, 3
 LATE = 4  # no gradient before the checkpoint: absent from the saved dict on both sides
@@ -32,32 +36,10 @@ SKIP = {(0, 1)} | {(s, LATE) for s in range(K_STEPS)}
 
 
 # ----------------------------------------------------------------------------- helpers
-def _lib(mod):
-    return paddle.optimizer if mod is paddle else triton_adam
-
-
-def _lr(mod):
-    return paddle.optimizer.lr if mod is paddle else triton_adam.lr
-
-
-def make_opt(mod, config: str, params, names, **kw):
-    """``(optimizer, scheduler or None)`` of ``config`` in Paddle or here."""
-    sched = None
-    if config == "adam-stepdecay":
-        sched = _lr(mod).StepDecay(0.05, step_size=2, gamma=0.5)
-        opt = _lib(mod).Adam(sched, parameters=params, **kw)
-    elif config == "amsgrad-named-l2":
-        opt = _lib(mod).Adam(0.02, parameters=params, amsgrad=True, name="myopt",
-                             weight_decay=0.01, **kw)
-    elif config == "adamw-cosine":
-        sched = _lr(mod).CosineAnnealingDecay(0.03, T_max=4)
-        opt = _lib(mod).AdamW(sched, parameters=params, weight_decay=0.1,
-                              apply_decay_param_fun=lambda n: n != names[1], **kw)
-    elif config == "adam":
-        opt = _lib(mod).Adam(0.01, parameters=params, **kw)
-    else:
-        raise ValueError(config)
-    return opt, sched
+def make_opt(mod, config: str, params, **kw):
+    """``(optimizer, scheduler or None)`` of the shared table's ``config``
+    (``tests/configs.py``) in Paddle or here."""
+    return TABLE[config].start(params, lib=PADDLE if mod is paddle else OURS, **kw)
 
 
 CONFIGS = ["adam-stepdecay", "amsgrad-named-l2", "adamw-cosine"]
@@ -72,7 +54,7 @@ def paddle_params(arrays):
 def torch_params(arrays, names):
     out = []
     for a, name in zip(arrays, names):
-        p = torch.nn.Parameter(torch.tensor(a))
+        p = torch.nn.Parameter(torch.tensor(a, device=DEVICE))
         triton_adam.set_param_attr(p, name=name)
         out.append(p)
     return out
@@ -91,7 +73,7 @@ def paddle_train(params, opt, sched, grads, first_step=0, skip=SKIP):
 def torch_train(params, opt, sched, grads, first_step=0, skip=SKIP):
     for s, g in enumerate(grads, start=first_step):
         for i, p in enumerate(params):
-            p.grad = None if (s, i) in skip else torch.from_numpy(g[i].copy())
+            p.grad = None if (s, i) in skip else torch.from_numpy(g[i].copy()).to(DEVICE)
         opt.step()
         opt.clear_grad(set_to_zero=False)
         if sched is not None:
@@ -99,6 +81,9 @@ def torch_train(params, opt, sched, grads, first_step=0, skip=SKIP):
 
 
 def to_numpy(v):
+    """numpy of a torch tensor (on any device), a Paddle tensor or an array."""
+    if isinstance(v, torch.Tensor):
+        return v.detach().cpu().numpy()
     return v.numpy() if hasattr(v, "numpy") else np.asarray(v)
 
 
@@ -142,15 +127,15 @@ def trained(config="adam", steps=2, multi_tensor=False, dtype="float32", seed=0,
     init, grads = random_problem(dtype, seed=seed, steps=steps + 2)
     names = [f"layer{i}.w" for i in range(len(init))]
     params = torch_params(init, names)
-    opt, sched = make_opt(triton_adam, config, params, names, use_multi_tensor=multi_tensor)
+    opt, sched = make_opt(triton_adam, config, params, use_multi_tensor=multi_tensor)
     torch_train(params, opt, sched, grads[:steps], skip=set(skip))
     return params, opt, sched, names, grads[steps:]
 
 
 def fresh_like(params, names, config="adam", multi_tensor=False):
     """A fresh optimizer over copies of ``params`` (same names)."""
-    copies = torch_params([p.detach().numpy().copy() for p in params], names)
-    opt, sched = make_opt(triton_adam, config, copies, names, use_multi_tensor=multi_tensor)
+    copies = torch_params([to_numpy(p).copy() for p in params], names)
+    opt, sched = make_opt(triton_adam, config, copies, use_multi_tensor=multi_tensor)
     return copies, opt, sched
 
 
@@ -158,13 +143,15 @@ def fresh_like(params, names, config="adam", multi_tensor=False):
 def _step_both_and_compare(params, opt, copies, other, grads) -> None:
     """One more step of both optimizers on the same gradients: params and state stay equal."""
     for p, q, g in zip(params, copies, grads):
-        p.grad, q.grad = torch.from_numpy(g.copy()), torch.from_numpy(g.copy())
+        p.grad, q.grad = (torch.from_numpy(g.copy()).to(DEVICE),
+                          torch.from_numpy(g.copy()).to(DEVICE))
     opt.step()
     other.step()
     assert all(torch.equal(p, q) for p, q in zip(params, copies))
     assert_bitwise(snapshot(other), snapshot(opt))
 
 
+@needs_paddle
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("config", ["adam"] + CONFIGS)
 def test_keys_shapes_dtypes_match_paddle(config, dtype):
@@ -172,8 +159,8 @@ def test_keys_shapes_dtypes_match_paddle(config, dtype):
     pp = paddle_params(init)
     names = [p.name for p in pp]
     tp = torch_params(init, names)
-    popt, psched = make_opt(paddle, config, pp, names)
-    topt, tsched = make_opt(triton_adam, config, tp, names)
+    popt, psched = make_opt(paddle, config, pp)
+    topt, tsched = make_opt(triton_adam, config, tp)
     # Before the first step: empty, or the scheduler only.
     assert topt.state_dict().keys() == popt.state_dict().keys()
     paddle_train(pp, popt, psched, grads)
@@ -186,7 +173,7 @@ def test_keys_shapes_dtypes_match_paddle(config, dtype):
             assert ours[key] == want
             continue
         assert tuple(ours[key].shape) == tuple(want.shape), key
-        assert ours[key].numpy().dtype == want.numpy().dtype, key
+        assert to_numpy(ours[key]).dtype == want.numpy().dtype, key
     assert_state_close(ours, theirs, TOL[dtype])
 
 
@@ -214,13 +201,14 @@ def _paddle_fp16_state(seed=0):
     return params, opt
 
 
+@needs_paddle
 def test_master_weight_keys_match_paddle_and_load():
     """fp16 + multi_precision: accumulators under the master's name and 'master_weights', as
     Paddle writes them; a Paddle dict loads with every value in place."""
     pp, popt = _paddle_fp16_state()
     names = [p.name for p in pp]
-    tp = [triton_adam.set_param_attr(torch.nn.Parameter(torch.from_numpy(p.numpy())), name=n)
-          for p, n in zip(pp, names)]
+    tp = [triton_adam.set_param_attr(torch.nn.Parameter(torch.from_numpy(p.numpy()).to(DEVICE)),
+                                     name=n) for p, n in zip(pp, names)]
     topt = triton_adam.Adam(0.01, parameters=tp, multi_precision=True, name="myopt")
     theirs = popt.state_dict()
     topt.set_state_dict(theirs)  # paddle Tensors as values
@@ -231,10 +219,10 @@ def test_master_weight_keys_match_paddle_and_load():
         if key == "master_weights":
             for name, w in want.items():
                 assert ours[key][name].dtype == torch.float32
-                np.testing.assert_array_equal(ours[key][name].numpy(), w.numpy())
+                np.testing.assert_array_equal(to_numpy(ours[key][name]), w.numpy())
             continue
-        assert ours[key].numpy().dtype == want.numpy().dtype, key
-        np.testing.assert_array_equal(ours[key].numpy(), want.numpy(), err_msg=key)
+        assert to_numpy(ours[key]).dtype == want.numpy().dtype, key
+        np.testing.assert_array_equal(to_numpy(ours[key]), want.numpy(), err_msg=key)
 
     # Our own state of the same kind round-trips bitwise, and the continuation is exact.
     for p in tp:
@@ -276,53 +264,54 @@ def _read_paddle(path):
 READERS = {"triton_adam.load": _read_triton, "numpy": _read_numpy, "paddle.load": _read_paddle}
 
 
+@needs_paddle
 @pytest.mark.parametrize("config,reader", [(c, "triton_adam.load") for c in CONFIGS]
                          + [("adam-stepdecay", "numpy"), ("adam-stepdecay", "paddle.load")])
 def test_paddle_file_continues_here(tmp_path, config, reader):
     init, grads = random_problem("float64", seed=11, steps=K_STEPS + N_STEPS)
     pp = paddle_params(init)
     names = [p.name for p in pp]
-    popt, psched = make_opt(paddle, config, pp, names)
+    popt, psched = make_opt(paddle, config, pp)
     paddle_train(pp, popt, psched, grads[:K_STEPS])
     path = tmp_path / "paddle.pdopt"
     paddle.save(popt.state_dict(), str(path))
 
     tp = torch_params([p.numpy() for p in pp], names)
-    topt, tsched = make_opt(triton_adam, config, tp, names)
+    topt, tsched = make_opt(triton_adam, config, tp)
     topt.set_state_dict(READERS[reader](path))  # before our first step
     paddle_train(pp, popt, psched, grads[K_STEPS:], first_step=K_STEPS)
     torch_train(tp, topt, tsched, grads[K_STEPS:], first_step=K_STEPS)
     for p_t, p_pd, name in zip(tp, pp, names):
-        np.testing.assert_allclose(p_t.detach().numpy(), p_pd.numpy(), **TOL["float64"],
-                                   err_msg=name)
+        np.testing.assert_allclose(to_numpy(p_t), p_pd.numpy(), **TOL["float64"], err_msg=name)
     assert_state_close(topt.state_dict(), popt.state_dict(), TOL["float64"])
 
 
+@needs_paddle
 @pytest.mark.parametrize("config", CONFIGS)
 def test_our_file_continues_in_paddle(tmp_path, config):
     init, grads = random_problem("float64", seed=12, steps=K_STEPS + N_STEPS)
     pp = paddle_params(init)
     names = [p.name for p in pp]
     tp = torch_params(init, names)
-    topt, tsched = make_opt(triton_adam, config, tp, names)
+    topt, tsched = make_opt(triton_adam, config, tp)
     torch_train(tp, topt, tsched, grads[:K_STEPS])
     path = tmp_path / "ours.pdopt"
     triton_adam.save(topt.state_dict(), path)
 
     for p_pd, p_t in zip(pp, tp):
-        p_pd.set_value(p_t.detach().numpy())
-    popt, psched = make_opt(paddle, config, pp, names)
+        p_pd.set_value(to_numpy(p_t))
+    popt, psched = make_opt(paddle, config, pp)
     # The late parameter is last, so Paddle has drained its dict when it creates that
     # parameter's state (see triton_adam.state on Paddle's order-dependent rule).
     popt.set_state_dict(paddle.load(str(path)))
     paddle_train(pp, popt, psched, grads[K_STEPS:], first_step=K_STEPS)
     torch_train(tp, topt, tsched, grads[K_STEPS:], first_step=K_STEPS)
     for p_t, p_pd, name in zip(tp, pp, names):
-        np.testing.assert_allclose(p_t.detach().numpy(), p_pd.numpy(), **TOL["float64"],
-                                   err_msg=name)
+        np.testing.assert_allclose(to_numpy(p_t), p_pd.numpy(), **TOL["float64"], err_msg=name)
     assert_state_close(topt.state_dict(), popt.state_dict(), TOL["float64"])
 
 
+@needs_paddle
 def test_counter_suffix_from_another_process(tmp_path):
     """Paddle names accumulators with a per-process counter: a file saved by the second
     optimizer over some parameters has keys ``..._1``, which a fresh Paddle process (here:
@@ -349,13 +338,13 @@ def test_counter_suffix_from_another_process(tmp_path):
             paddle_train(fresh, popt, None, grads[2 * K_STEPS:2 * K_STEPS + 1], skip=set())
 
     tp = torch_params(values, names)
-    topt, _ = make_opt(triton_adam, "adam", tp, names)
+    topt, _ = make_opt(triton_adam, "adam", tp)
     topt.set_state_dict(triton_adam.load(path))
     rest = grads[2 * K_STEPS:]
     paddle_train(pp, second, None, rest, skip=set())
     torch_train(tp, topt, None, rest, skip=set())
     for p_t, p_pd in zip(tp, pp):
-        np.testing.assert_allclose(p_t.detach().numpy(), p_pd.numpy(), **TOL["float64"])
+        np.testing.assert_allclose(to_numpy(p_t), p_pd.numpy(), **TOL["float64"])
     # Our keys are always _0 (what a fresh Paddle process expects).
     assert all(k.endswith("_0") for k in topt.state_dict())
 
@@ -395,6 +384,7 @@ def _paddle_trained():
     return pp, popt, state, twin, grads[1:]
 
 
+@needs_paddle
 def test_paddle_rules_we_mirror():
     """The Paddle 3.3.1 behaviours triton_adam.state's rules come from."""
     pp, popt, state, twin, grads = _paddle_trained()
@@ -425,7 +415,7 @@ def test_missing_accumulator_raises_and_changes_nothing():
     with pytest.raises(S.MissingStateError, match=key) as info:
         fresh.set_state_dict(partial)
     assert isinstance(info.value, KeyError) and key in str(info.value)
-    assert fresh.state_dict() == {} and fresh._buckets == []
+    assert fresh.state_dict() == {} and fresh.engine.buckets == []
     # Stepped optimizer: its state is untouched (it would be half-loaded in Paddle).
     params2, other, _, _, _ = trained(steps=1)
     before = snapshot(other)
@@ -436,7 +426,7 @@ def test_missing_accumulator_raises_and_changes_nothing():
 
 def test_amsgrad_needs_moment2_max():
     params, opt, _, names, _ = trained()  # saved without amsgrad
-    copies = torch_params([p.detach().numpy() for p in params], names)
+    copies = torch_params([to_numpy(p) for p in params], names)
     ams = triton_adam.Adam(0.01, parameters=copies, amsgrad=True)
     with pytest.raises(S.MissingStateError, match="moment2_max.*amsgrad"):
         ams.set_state_dict(opt.state_dict())
@@ -452,7 +442,7 @@ def test_mismatch_raises_naming_key_expected_got(what):
         expected = ", ".join(map(str, params[0].shape))
         match = rf"{key}.*shape \[{state[key].numel()}\].*expected \[{expected}\]"
     elif what == "dtype":
-        state[key] = state[key].double().numpy()
+        state[key] = to_numpy(state[key].double())
         match = rf"{key}.*dtype torch.float64.*expected torch.float32"
     elif what == "pow-shape":
         key = f"{names[0]}_beta1_pow_acc_0"
@@ -501,7 +491,7 @@ def test_absent_parameter_starts_fresh_unless_keys_are_foreign():
         fresh.set_state_dict(renamed)
     assert fresh.state_dict() == {}
     # Another optimizer name: every key is foreign.
-    named, _ = make_opt(triton_adam, "adam", copies, names, name="myopt")
+    named, _ = make_opt(triton_adam, "adam", copies, name="myopt")
     with pytest.raises(S.MissingStateError, match="optimizer's name"):
         named.set_state_dict(state)
 
@@ -576,7 +566,7 @@ def test_state_dict_moments_live_pows_snapshot():
     m_key, pow_key = f"{names[0]}_moment1_0", f"{names[0]}_beta1_pow_acc_0"
     pow_before = sd[pow_key].clone()
     for p, g in zip(params, grads[0]):
-        p.grad = torch.from_numpy(g.copy())
+        p.grad = torch.from_numpy(g.copy()).to(DEVICE)
     opt.step()
     now = opt.state_dict()
     assert torch.equal(sd[m_key], now[m_key])
@@ -584,7 +574,8 @@ def test_state_dict_moments_live_pows_snapshot():
 
 
 def test_duplicate_names_raise():
-    a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+    a = torch.nn.Parameter(torch.ones(2, device=DEVICE))
+    b = torch.nn.Parameter(torch.ones(2, device=DEVICE))
     opt = triton_adam.Adam(0.01, parameters=[("weight", a), ("weight", b)])
     with pytest.raises(ValueError, match="both named 'weight'"):
         opt.state_dict()

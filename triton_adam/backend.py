@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
-from triton.runtime.interpreter import InterpretedFunction
 
-from triton_adam.kernels import adam as _adam_kernels
+from triton_adam.kernels import common as _common
 from triton_adam.kernels.common import check_interpretable
 
 INTERPRET_HINT = (
@@ -24,7 +23,7 @@ INTERPRET_HINT = (
 
 def interpreting() -> bool:
     """True when this process runs Triton kernels under the interpreter (TRITON_INTERPRET=1)."""
-    return isinstance(_adam_kernels._adam_kernel, InterpretedFunction)
+    return _common.interpreting()
 
 
 def check_runnable(tensor: torch.Tensor, what: str) -> None:

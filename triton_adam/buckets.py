@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from triton_adam import backend
-from triton_adam import distributed as D
+from triton_adam import dtensor as D
 from triton_adam.kernels import adam as K
 from triton_adam.kernels import common as C
 from triton_adam.kernels import lazy as L
@@ -118,15 +118,7 @@ class Bucket:
         self.has_master = multi_precision and self.param_dtype in K.LOW_PRECISION
         self.amsgrad = amsgrad
         self.multi_tensor = multi_tensor
-        # Decay switches per bucket, the same for both paths (bitwise identity): a member
-        # without decay has zero coefficients, which leave its values unchanged.
-        self.coupled_decay = any(c.hyper[K.HYPER_L2] != 0.0 or c.hyper[K.HYPER_L1] != 0.0
-                                 for c in self.configs)
-        self.decoupled_decay = any(c.hyper[K.HYPER_WD] != 0.0 for c in self.configs)
-        self.clip_scale = any(c.clip_index > 0 for c in self.configs)
-        self.clip_value = any(c.clip_value for c in self.configs)
-        self.clip_index = [c.clip_index for c in self.configs]
-        self.norm_owner = [c.norm_owner for c in self.configs]
+        self._derive()
 
         n = len(self.params)
         self.numels = [p.numel() for p in self.locals]
@@ -150,7 +142,7 @@ class Bucket:
                        else None)
         # Host-built rows reach the device asynchronously: a bucket is also built mid-run,
         # when a parameter first gets a gradient (an MoE expert's first tokens).
-        self.hyper = C.upload(torch.tensor([c.hyper for c in self.configs], dtype=cdt), dev)
+        self.hyper = self._upload_hyper()
         pows = torch.zeros(2, n, K.POW_SLOT_WIDTH, dtype=cdt)
         for j, c in enumerate(self.configs):
             pows[:, j, 0] = c.hyper[K.HYPER_BETA1]
@@ -161,15 +153,7 @@ class Bucket:
         self.slot = 0
         self.slots = None if multi_tensor else [0] * n
 
-        # Tensor-valued betas/epsilon: (column, tensor, member rows) refreshed every step with
-        # one device copy per (tensor, column), never a host read.
-        groups: dict[tuple[int, int], tuple[int, torch.Tensor, list[int]]] = {}
-        for j, c in enumerate(self.configs):
-            for col, t in c.tensor_hypers.items():
-                groups.setdefault((col, id(t)), (col, t, []))[2].append(j)
-        self._tensor_hypers = [
-            (col, t, C.upload(np.asarray(rows, dtype=np.int64), dev))
-            for col, t, rows in groups.values()]
+        self._tensor_hypers = self._tensor_hyper_rows()
         # Each param's version counter as the optimizer last left it (master-weight buckets
         # only): a different value at the next step means the param was written from outside.
         self._seen_version = [p._version for p in self.locals] if self.has_master else None
@@ -188,6 +172,48 @@ class Bucket:
         self._chunk_table: torch.Tensor | None = None
         self._synced: StepPlan | None = None  # the plan the device tables describe
         self._launched = False  # some step of this bucket has launched a kernel
+
+    # ---------------------------------------------------------------------- configuration
+    def _derive(self) -> None:
+        """The bucket-wide switches and per-member lists that follow from the configs."""
+        # Decay switches per bucket, the same for both paths (bitwise identity): a member
+        # without decay has zero coefficients, which leave its values unchanged.
+        self.coupled_decay = any(c.hyper[K.HYPER_L2] != 0.0 or c.hyper[K.HYPER_L1] != 0.0
+                                 for c in self.configs)
+        self.decoupled_decay = any(c.hyper[K.HYPER_WD] != 0.0 for c in self.configs)
+        self.clip_scale = any(c.clip_index > 0 for c in self.configs)
+        self.clip_value = any(c.clip_value for c in self.configs)
+        self.clip_index = [c.clip_index for c in self.configs]
+        self.norm_owner = [c.norm_owner for c in self.configs]
+
+    def _upload_hyper(self) -> torch.Tensor:
+        rows = torch.tensor([c.hyper for c in self.configs], dtype=self.compute_dtype)
+        return C.upload(rows, self.device)
+
+    def _tensor_hyper_rows(self) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+        """Tensor-valued betas/epsilon: (column, tensor, member rows) refreshed every step with
+        one device copy per (tensor, column), never a host read."""
+        groups: dict[tuple[int, int], tuple[int, torch.Tensor, list[int]]] = {}
+        for j, c in enumerate(self.configs):
+            for col, t in c.tensor_hypers.items():
+                groups.setdefault((col, id(t)), (col, t, []))[2].append(j)
+        return [(col, t, C.upload(np.asarray(rows, dtype=np.int64), self.device))
+                for col, t, rows in groups.values()]
+
+    def set_configs(self, members: dict[int, MemberConfig]) -> None:
+        """Replace the configs of ``members`` (member -> config): the hyper-parameter rows
+        are uploaded again (asynchronously), the switches re-derived, and the address table
+        re-uploaded at its next use when a clip index changed. The pows go on from their
+        current values (with new betas they advance by the new betas, as in Paddle)."""
+        for j, config in members.items():
+            self.configs[j] = config
+        old_clip = self.clip_index
+        self._derive()
+        self.hyper = self._upload_hyper()
+        self._tensor_hypers = self._tensor_hyper_rows()
+        if self.clip_index != old_clip:
+            self._host_table[:, K.COL_CLIP_INDEX] = self.clip_index
+            self._device_table = None  # stale: sync_tables uploads it again
 
     # ------------------------------------------------------------------------------ state
     def current_slot(self, j: int) -> int:
@@ -308,12 +334,12 @@ class Bucket:
                 continue
             ref = refs[j]
             p = params[j]
-            # The identity of the gradient and of both storages, and both shapes: a param
-            # whose data was replaced (another size, dtype or storage) or a gradient that is
-            # not the one the table row describes is validated again before anything runs.
+            # The identity of the gradient and of both storages, and the param's shape: a
+            # param whose data was replaced (another storage, dtype or size; a view of its own
+            # storage with another shape) or a gradient that is not the one the table row
+            # describes is validated again before anything runs.
             if (ref is None or ref() is not g or g.data_ptr() != gptrs[j]
                     or p.data_ptr() != pptrs[j] or p.shape != shapes[j]
-                    or g.shape != shapes[j] or p.dtype != self.param_dtype
                     or not g.is_contiguous() or not p.is_contiguous()):
                 out[j] = self._validate(j, g if dgrads is None else dgrads[j])
                 changed.append(j)
@@ -515,10 +541,10 @@ class Bucket:
             table[~active, K.COL_GRAD_ADDR] = 0
             for j in np.flatnonzero(~active):
                 self._built_grads[j] = None
-            self._chunk_table = _upload(_chunk_rows(self.numels, plan.active), self.device)
+            self._chunk_table = upload_table(_chunk_rows(self.numels, plan.active), self.device)
             self._chunk_key = plan.active
         if stale:
-            self._device_table = _upload(table, self.device)
+            self._device_table = upload_table(table, self.device)
         assert self._device_table is not None and self._chunk_table is not None
         return self._device_table, self._chunk_table
 
@@ -576,7 +602,7 @@ def _chunk_rows(numels: Sequence[int], members: Sequence[bool] | Sequence[int],
     return np.stack([rows, chunk], axis=1).astype(np.int32)
 
 
-def _upload(array: np.ndarray, device: torch.device) -> torch.Tensor:
+def upload_table(array: np.ndarray, device: torch.device) -> torch.Tensor:
     """A launch table on ``device``, uploaded without a host sync (``kernels.common.upload``);
     one function, so that tests can count table rebuilds."""
     return C.upload(array, device)

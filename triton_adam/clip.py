@@ -7,7 +7,7 @@ clips on the device (``triton_adam.kernels.norm`` computes the norms and scales 
 sync). Each class also offers ``clip(params_grads)`` (and ``__call__``, as Paddle): plain
 PyTorch code that clips a list of ``(param, grad)`` pairs **out of place**, exactly as
 ``paddle.nn.ClipGradBy*`` does in dynamic mode. It is the readable specification of the
-semantics (``../shared/paddle-adam-semantics.md`` section 3), tested against real Paddle; it
+semantics (``docs/paddle-compatibility.md`` section 3), tested against real Paddle; it
 reads tensors back to the host (``auto_skip_clip``, validation of the bounds), so it is not the
 optimizer's step path.
 

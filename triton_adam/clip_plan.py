@@ -36,8 +36,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from triton_adam import distributed as D
-from triton_adam.buckets import Bucket, StepPlan, _upload
+from triton_adam import dtensor as D
+from triton_adam.buckets import Bucket, StepPlan, upload_table
 from triton_adam.kernels import common as C
 from triton_adam.kernels import norm as N
 
@@ -55,11 +55,24 @@ class DeviceClipper:
         self._partials: torch.Tensor | None = None
         self._tables: tuple[torch.Tensor, ...] = ()
         self._scales: torch.Tensor | None = None
+        self._version = 0  # bumped by invalidate(): part of the tables' key
 
     def add_output(self, mode: int, clip_norm: float) -> int:
         """A new output; returns its entry in the scale buffer (``index + 1``)."""
         self.outputs.append((mode, float(clip_norm)))
+        self.invalidate()
         return len(self.outputs)
+
+    def set_output(self, entry: int, mode: int, clip_norm: float) -> None:
+        """Change the mode or ``clip_norm`` of the output at scale-buffer ``entry``."""
+        if self.outputs[entry - 1] != (mode, float(clip_norm)):
+            self.outputs[entry - 1] = (mode, float(clip_norm))
+            self.invalidate()
+
+    def invalidate(self) -> None:
+        """The outputs or the members' clip settings changed: rebuild the tables at the next
+        step (host work and asynchronous uploads only)."""
+        self._version += 1
 
     def _rebuild(self, work: Sequence[tuple[Bucket, StepPlan]]) -> None:
         devices = {b.device for b, _ in work}
@@ -77,7 +90,7 @@ class DeviceClipper:
                 continue
             for entry, (start, end) in by_entry.items():
                 ranges.setdefault(entry, []).append((offset + start, offset + end))
-            passes.append((bucket, _upload(rows, device), slice(offset, offset + len(rows))))
+            passes.append((bucket, upload_table(rows, device), slice(offset, offset + len(rows))))
             offset += len(rows)
         segments, outputs = N.finalize_tables(
             [(ranges.get(o + 1, []), mode) for o, (mode, _) in enumerate(self.outputs)], device)
@@ -98,7 +111,7 @@ class DeviceClipper:
         sums of squares are divided by its square before the norms are taken (exact for
         GradScaler's powers of two). The returned buffer is overwritten by the next step.
         """
-        key = (len(self.outputs), tuple((id(b), plan.active) for b, plan in work))
+        key = (self._version, tuple((id(b), plan.active) for b, plan in work))
         if key != self._key:
             self._rebuild(work)
             self._key = key

@@ -1,10 +1,14 @@
-"""What a step does: ``Adam`` and ``AdamW``, Paddle's API over PyTorch tensors.
+"""Paddle's API over the engine: ``Adam`` and ``AdamW`` as ``paddle.optimizer.Adam``/``AdamW``.
 
-The classes validate their arguments as ``paddle.optimizer.Adam``/``AdamW`` do, own the state
-of each parameter, and launch one fused Triton kernel per parameter per step
-(``triton_adam.kernels.adam``). A step never reads a value back from the device: the
-learning rate is a host float handed to the kernel, the hyper-parameters live in a small
-device row per parameter, and the beta pows advance on the device (see ``_ParamState``).
+The classes validate their arguments as Paddle does (its messages and exception types), turn
+Paddle's options (groups, per-parameter attributes, regularizers, clip classes, AdamW's
+``lr_ratio`` and ``apply_decay_param_fun``) into the engine's ``ParamConfig`` of each
+parameter, and map the engine's state to Paddle's keys and files (``triton_adam.state``).
+What a step does on the device is ``triton_adam.engine``'s. A parameter's attributes
+(``optimize_attr['learning_rate']``, ``regularizer``, ``need_clip``) are live, as in Paddle:
+they are compared at every step, and a change is handed to the engine before the step (an
+asynchronous upload of the changed rows; nothing when unchanged). Group options are copied
+when the optimizer is built, as Paddle copies its groups.
 """
 
 from __future__ import annotations
@@ -17,23 +21,16 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import torch
 
-from triton_adam.buckets import Bucket, MemberConfig, grad_dtype_of, group_into_buckets
-from triton_adam.kernels import adam as _adam_kernels
-from triton_adam.lr import LRScheduler
+from triton_adam import state as _state
 from triton_adam.clip import ClipGradBase, ClipGradByNorm, ClipGradByValue
-from triton_adam.clip_plan import DeviceClipper
-from triton_adam.kernels import norm as _norm_kernels
+from triton_adam.engine import Engine, NormClip, ParamConfig, ValueClip
+from triton_adam.lr import LRScheduler
 from triton_adam.param_attr import (param_lr_scale, param_name, param_need_clip,
                                     param_regularizer)
 from triton_adam.param_groups import parse_parameters
-from triton_adam import backend
-from triton_adam import distributed as _dist
-from triton_adam import state as _state
 from triton_adam.regularizer import L1Decay, L2Decay, WeightDecayRegularizer
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
 class ReadOnlyGroup(dict):
     """A parameter group as ``param_groups`` shows it: reading works, writing raises (a write
     would not reach the optimizer, and a silently ignored ``lr`` is worse than an error)."""
@@ -45,18 +42,6 @@ class ReadOnlyGroup(dict):
             "'parameters' groups given to the constructor")
 
     __setitem__ = __delitem__ = __ior__ = update = setdefault = pop = popitem = clear = _refuse
-
-
-def _on(t: torch.Tensor | None, bucket: Bucket) -> torch.Tensor | None:
-    """An AMP tensor as the bucket's kernels read it (float32, on its device): a no-op for
-    GradScaler's own tensors (``_launch`` has checked that it is on the parameters' kind of
-    device; a copy between two GPUs is asynchronous)."""
-    if t is None:
-        return None
-    t = t.reshape(1)
-    if t.dtype != torch.float32 or t.device != bucket.device:
-        t = t.to(device=bucket.device, dtype=torch.float32, non_blocking=True)
-    return t
 
 
 def _check_grad_clip(clip: object, where: str) -> None:
@@ -129,14 +114,6 @@ class _AdamBase:
         self._parameter_list = [p for group in groups for p in group.params]
         self._given_names = [n for group in groups for n in group.given_names]
         self._group_of = [g for g, group in enumerate(groups) for _ in group.params]
-        for i, p in enumerate(self._parameter_list):
-            if p.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
-                raise TypeError(f"parameters[{i}] has dtype {p.dtype}; Adam updates float32, "
-                                "float64, float16 and bfloat16 parameters")
-            # A DTensor (FSDP2) parameter is updated through its local shard.
-            if not _dist.local_tensor(p).is_contiguous():
-                raise ValueError(f"parameters[{i}] is not contiguous: the kernels update a "
-                                 "parameter in place over its storage")
 
         self._learning_rate = learning_rate
         self._beta1 = beta1
@@ -149,45 +126,26 @@ class _AdamBase:
         self._amsgrad = bool(amsgrad)
         self._name = name
         self._grad_clip = grad_clip
-        # Norms over sharded (DTensor) parameters: the process group their sums of squares
-        # are all-reduced over and which parameters this rank adds (replicas once). Decided
-        # from all the parameters, so that it never depends on which have a gradient; no
-        # group (the local norm, as before) when none is sharded: one process, DDP.
-        self._norm_rule = _dist.norm_reduction(self._parameter_list)
-        self._clipper = DeviceClipper(group=self._norm_rule.group)
-        self._clip_entry_of_group: dict[int, int] = {}  # group -> its global-norm output
         self._index_of = {id(p): i for i, p in enumerate(self._parameter_list)}
-        self._check_no_shared_memory()
-        # The devices a step launches on (the capture check looks at each).
-        self._devices = {_dist.local_tensor(p).device for p in self._parameter_list}
-        # Buckets are built at the first step (so attributes set after construction count),
-        # from the trainable parameters of that time; a parameter that first gets a gradient
-        # later joins a new bucket.
-        self._buckets: list[Bucket] = []
-        self._where: dict[int, tuple[Bucket, int]] = {}  # id(param) -> (bucket, member)
-        self._unbucketed: list[torch.Tensor] = list(self._parameter_list)
-
-    def _check_no_shared_memory(self) -> None:
-        """Two parameters whose storage overlaps would race in one multi-tensor launch (and
-        update the shared elements twice per step): refuse them, naming both."""
-        spans = []
-        for i, p in enumerate(self._parameter_list):
-            t = _dist.local_tensor(p)
-            size = t.numel() * t.element_size()
-            if size and t.device.type != "meta":
-                spans.append(((t.device.type, t.device.index or 0), t.data_ptr(),
-                              t.data_ptr() + size, i))
-        spans.sort(key=lambda span: (span[0], span[1]))
-        reach: tuple | None = None  # (device, end, index) of the span reaching furthest
-        for device, start, end, i in spans:
-            if reach is not None and reach[0] == device and start < reach[1]:
-                raise ValueError(
-                    f"parameters '{self._param_name(reach[2])}' and '{self._param_name(i)}' "
-                    "share memory (one is a view of the other, or both view one storage): "
-                    "their updates would race. Pass each storage once (tied weights as one "
-                    "parameter)")
-            if reach is None or reach[0] != device or end > reach[1]:
-                reach = (device, end, i)
+        self._ratios: dict[int, float] = {}  # AdamW lr_ratio, evaluated once per parameter
+        if group_mode:
+            # As Paddle: each group's learning-rate scale is written into its parameters'
+            # optimize_attr, which is what every step reads (so a later set_param_attr or
+            # optimize_attr change takes effect, in group mode as in a flat list).
+            for group in groups:
+                scale = float(group.options.get("learning_rate", 1.0))
+                for p in group.params:
+                    attr = getattr(p, "optimize_attr", None)
+                    attr = attr if isinstance(attr, dict) else {}
+                    attr["learning_rate"] = scale
+                    p.optimize_attr = attr
+        self._engine = Engine(self._parameter_list, self._param_config, amsgrad=self._amsgrad,
+                              master_weights=self._multi_precision,
+                              multi_tensor=self._use_multi_tensor,
+                              label_of=lambda i: f"parameter '{self._param_name(i)}'")
+        # What each parameter's configuration was built from (its attributes and its group's
+        # options), compared at every step: a change is reconfigured before the step.
+        self._seen_options: list[tuple] | None = None
 
     # ----------------------------------------------------------------------------- pickling
     def __reduce_ex__(self, protocol: object) -> object:
@@ -253,100 +211,78 @@ class _AdamBase:
                 or f"param_{index}")
 
     def _option(self, index: int, key: str, default: object) -> object:
+        """A group option of parameter ``index``. Paddle copies the groups when the optimizer
+        is built (a later change to the dicts given has no effect there), so they are read
+        from the copy made then."""
         return self._groups[self._group_of[index]].options.get(key, default)
 
-    def _member_config(self, index: int) -> MemberConfig:
-        """The hyper-parameter row of parameter ``index`` (section 2 and 6 precedence)."""
+    def _ratio(self, index: int) -> float:
+        ratio = self._ratios.get(index)
+        if ratio is None:
+            ratio = self._lr_ratio(self._parameter_list[index])
+            if not math.isfinite(ratio):
+                raise ValueError(f"lr_ratio returned {ratio} for parameter "
+                                 f"'{self._param_name(index)}'")
+            self._ratios[index] = ratio
+        return ratio
+
+    def _param_config(self, index: int) -> ParamConfig:
+        """How parameter ``index`` is updated, in the engine's terms (sections 2, 3 and 6 of
+        Paddle's rules: attribute and group precedence, clipping per group)."""
         param = self._parameter_list[index]
-        what = f"parameter '{self._param_name(index)}'"
-        row = [0.0] * _adam_kernels.HYPER_WIDTH
-        # Group mode: the group's scale replaces the parameter's own (Paddle overwrites
-        # param.optimize_attr['learning_rate'] with it); flat mode: the parameter's.
-        scale = (float(self._option(index, "learning_rate", 1.0)) if self._group_mode
-                 else param_lr_scale(param))
-        ratio = self._lr_ratio(param)
-        if not math.isfinite(ratio):
-            raise ValueError(f"lr_ratio returned {ratio} for {what}")
-        row[_adam_kernels.HYPER_LR_SCALE] = scale * ratio
-        tensors: dict[int, torch.Tensor] = {}
-        for col, key, default in ((_adam_kernels.HYPER_BETA1, "beta1", self._beta1),
-                                  (_adam_kernels.HYPER_BETA2, "beta2", self._beta2),
-                                  (_adam_kernels.HYPER_EPS, "epsilon", self._epsilon)):
-            value = self._option(index, key, default)
-            if isinstance(value, torch.Tensor):
-                if value.device != _dist.local_tensor(param).device:
-                    raise ValueError(f"{key} is a tensor on {value.device} but {what} is on "
-                                     f"{param.device}: keep tensor hyper-parameters on the "
-                                     "parameters' device (a cross-device copy would sync)")
-                tensors[col] = value
-            else:
-                row[col] = float(value)
+        if param.dtype in LOW_PRECISION and not self._multi_precision \
+                and not self._warned_low_precision:
+            # Paddle's warning, once per optimizer (Paddle: once per parameter).
+            warnings.warn("Accumulating with FP16 or BF16 in optimizer can lead to poor "
+                          "accuracy or slow convergence.Consider using "
+                          "multi_precision=True option of the Adam optimizer.", stacklevel=5)
+            self._warned_low_precision = True
+        label = f"parameter '{self._param_name(index)}'"
+        hypers = {key: self._option(index, key, default)
+                  for key, default in (("beta1", self._beta1), ("beta2", self._beta2),
+                                       ("epsilon", self._epsilon))}
         reg = self._coupled_regularizer(index)
-        row[_adam_kernels.HYPER_L2] = reg.coeff if isinstance(reg, L2Decay) else 0.0
-        row[_adam_kernels.HYPER_L1] = reg.coeff if isinstance(reg, L1Decay) else 0.0
-        row[_adam_kernels.HYPER_WD] = self._decoupled_coeff(index)
-        row[_adam_kernels.HYPER_CLIP_MIN] = -math.inf
-        row[_adam_kernels.HYPER_CLIP_MAX] = math.inf
-        clip_index, clip_value = 0, False
         clip = (self._option(index, "grad_clip", self._grad_clip) if self._group_mode
                 else self._grad_clip)
+        engine_clip: NormClip | ValueClip | None = None
         if clip is not None and param_need_clip(param):
             if isinstance(clip, ClipGradByValue):
-                row[_adam_kernels.HYPER_CLIP_MIN] = clip.min
-                row[_adam_kernels.HYPER_CLIP_MAX] = clip.max
-                clip_value = True
+                engine_clip = ValueClip(clip.min, clip.max)
             elif isinstance(clip, ClipGradByNorm):
-                clip_index = self._clipper.add_output(_norm_kernels.MODE_BY_NORM, clip.clip_norm)
+                engine_clip = NormClip(("tensor", index), clip.clip_norm, per_tensor=True)
             else:  # ClipGradByGlobalNorm: one norm per group (flat list: one group)
-                group = self._group_of[index]
-                if group not in self._clip_entry_of_group:
-                    mode = (_norm_kernels.MODE_GLOBAL_AUTO_SKIP if clip.auto_skip_clip
-                            else _norm_kernels.MODE_GLOBAL)
-                    self._clip_entry_of_group[group] = self._clipper.add_output(
-                        mode, clip.clip_norm)
-                clip_index = self._clip_entry_of_group[group]
-        lazy = bool(self._option(index, "lazy_mode", self._lazy_mode) if self._group_mode
-                    else self._lazy_mode)
-        return MemberConfig(hyper=row, tensor_hypers=tensors, what=what,
-                            clip_index=clip_index, clip_value=clip_value, lazy=lazy,
-                            norm_owner=self._norm_rule.owners[index])
+                engine_clip = NormClip(("group", self._group_of[index]), clip.clip_norm,
+                                       auto_skip=clip.auto_skip_clip)
+        lazy = (self._option(index, "lazy_mode", self._lazy_mode) if self._group_mode
+                else self._lazy_mode)
+        return ParamConfig(
+            lr_scale=param_lr_scale(param) * self._ratio(index),
+            beta1=hypers["beta1"], beta2=hypers["beta2"], eps=hypers["epsilon"],
+            l2=reg.coeff if isinstance(reg, L2Decay) else 0.0,
+            l1=reg.coeff if isinstance(reg, L1Decay) else 0.0,
+            decoupled_decay=self._decoupled_coeff(index), clip=engine_clip, lazy=bool(lazy),
+            label=label)
 
-    # ------------------------------------------------------------------------------- state
-    def _build_buckets(self, indices: list[int]) -> None:
-        """Buckets for parameters ``indices`` (none of them in a bucket yet)."""
-        params = [self._parameter_list[i] for i in indices]
+    def _options_now(self) -> list[tuple]:
+        """Per parameter, what its configuration is built from that a user may change between
+        steps, which Paddle reads at every step: its ``optimize_attr`` learning rate, its
+        regularizer and ``need_clip``. Cheap: three attribute reads per parameter."""
+        out = []
+        for p in self._parameter_list:
+            attr = getattr(p, "optimize_attr", None)
+            reg = getattr(p, "regularizer", None)
+            out.append((attr.get("learning_rate") if attr.__class__ is dict else attr,
+                        reg, getattr(reg, "coeff", None), getattr(p, "need_clip", True)))
+        return out
 
-        def make(members: list[int]) -> Bucket:
-            chosen = [indices[m] for m in members]
-            first = self._parameter_list[chosen[0]]
-            if first.dtype in LOW_PRECISION and not self._multi_precision \
-                    and not self._warned_low_precision:
-                # Paddle's warning, once per optimizer (Paddle: once per parameter).
-                warnings.warn("Accumulating with FP16 or BF16 in optimizer can lead to poor "
-                              "accuracy or slow convergence.Consider using "
-                              "multi_precision=True option of the Adam optimizer.",
-                              stacklevel=4)
-                self._warned_low_precision = True
-            return Bucket([self._parameter_list[i] for i in chosen],
-                          [self._member_config(i) for i in chosen], amsgrad=self._amsgrad,
-                          multi_tensor=self._use_multi_tensor,
-                          grad_dtype=grad_dtype_of(first),
-                          multi_precision=self._multi_precision)
-
-        for bucket in group_into_buckets(params, make):
-            for j, p in enumerate(bucket.params):
-                self._where[id(p)] = (bucket, j)
-            self._buckets.append(bucket)
-        self._unbucketed = [p for p in self._parameter_list if id(p) not in self._where]
-
-    def _ensure_buckets(self, with_grad: Iterable[torch.Tensor]) -> None:
-        """Every parameter about to be updated is in a bucket; new buckets take every
-        trainable parameter not in one yet, so a model normally has one bucket per dtype."""
-        if all(id(p) in self._where for p in with_grad):
-            return
-        self._build_buckets([i for i, p in enumerate(self._parameter_list)
-                             if id(p) not in self._where
-                             and (p.requires_grad or p.grad is not None)])
+    def _refresh_options(self) -> None:
+        """Reconfigure the parameters whose options changed since the last step (nothing
+        when nothing changed: no upload, no host sync either way)."""
+        now = self._options_now()
+        seen = self._seen_options
+        if seen is not None and now != seen:
+            self._engine.reconfigure([i for i, (a, b) in enumerate(zip(now, seen)) if a != b])
+        self._seen_options = now
 
     def state_dict(self) -> dict[str, torch.Tensor | dict]:
         """The accumulators under Paddle's keys, ``{param_name}_{[name_]}{acc}_0``.
@@ -357,7 +293,7 @@ class _AdamBase:
         pows are copies taken at the call: take the dict and save it before the next step.
         See ``triton_adam.state`` for the keys (master weights included).
         """
-        return _state.state_dict(self)
+        return _state.state_dict(self._layout())
 
     def set_state_dict(self, state_dict: dict) -> None:
         """Load accumulators saved by ``state_dict()`` (here or by Paddle), matched by key.
@@ -366,9 +302,14 @@ class _AdamBase:
         master weights win over the parameters' current values (as in Paddle), also when the
         model's own weights were loaded into the parameters just before.
         """
-        _state.set_state_dict(self, state_dict)
-        for bucket in self._buckets:
-            bucket.adopt_params()
+        _state.set_state_dict(self._layout(), state_dict)
+
+    def _layout(self) -> _state.Layout:
+        """What this optimizer's Paddle state keys are built from."""
+        sched = self._learning_rate if isinstance(self._learning_rate, LRScheduler) else None
+        return _state.Layout(self._engine, [self._param_name(i) for i in
+                                            range(len(self._parameter_list))],
+                             opt_name=self._name, scheduler=sched)
 
     # -------------------------------------------------------------------------------- step
     def _params_and_grads(
@@ -383,22 +324,30 @@ class _AdamBase:
         return pairs
 
     @torch.no_grad()
-    def _apply(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Update the params of ``pairs`` with their grads: validate all, then launch."""
-        backend.check_not_capturing(self._devices)
-        for param, _ in pairs:
-            if id(param) not in self._index_of:
-                raise ValueError("a parameter passed to minimize() is not managed by this "
-                                 "optimizer")
-        self._ensure_buckets(p for p, _ in pairs)
-        grads: dict[int, torch.Tensor] = {id(p): g for p, g in pairs}
-        plans = [(b, b.prepare([grads.get(id(p)) for p in b.params])) for b in self._buckets]
-        self._launch(plans)
+    def _apply(self, pairs: list[tuple[torch.Tensor, torch.Tensor]],
+               grad_scale: torch.Tensor | None = None,
+               found_inf: torch.Tensor | None = None) -> None:
+        """Update the params of ``pairs`` (all trainable params with a gradient when None)
+        with their grads: validate all, then launch."""
+        grads = None
+        if pairs is not None:
+            for param, _ in pairs:
+                if id(param) not in self._index_of:
+                    raise ValueError("a parameter passed to minimize() is not managed by this "
+                                     "optimizer")
+            grads = {self._index_of[id(p)]: g for p, g in pairs}
+        self._check_amp(grad_scale, found_inf)
+        self._refresh_options()
+        refuse = None
+        if not self._group_mode and getattr(self, "regularization", None) is not None:
+            refuse = ("Adam don't support weight_decay with sparse parameters, please set it "
+                      "to None.")
+        self._engine.step(self.get_lr(), grads=grads, grad_scale=grad_scale,
+                          found_inf=found_inf, refuse_sparse=refuse)
 
-    def _launch(self, plans: list, grad_scale: torch.Tensor | None = None,
-                found_inf: torch.Tensor | None = None) -> None:
-        # Every bucket is validated before the first launch, so bad input changes nothing.
-        devices = sorted({bucket.device.type for bucket, _ in plans})
+    def _check_amp(self, grad_scale: torch.Tensor | None,
+                   found_inf: torch.Tensor | None) -> None:
+        devices = sorted({d.type for d in self._engine.devices})
         for name, t in (("grad_scale", grad_scale), ("found_inf", found_inf)):
             if t is None:
                 continue
@@ -415,25 +364,13 @@ class _AdamBase:
                        else f"a tensor on {t.device}")
                 raise ValueError(f"{name} is {got}; expected a dense 1-element tensor on the "
                                  f"parameters' device ({', '.join(devices)})")
-        if not self._group_mode and getattr(self, "regularization", None) is not None \
-                and any(plan.sparse_seen for _, plan in plans):
-            raise RuntimeError("Adam don't support weight_decay with sparse parameters, please "
-                               "set it to None.")
-        if (grad_scale is not None or found_inf is not None) \
-                and any(plan.sparse for _, plan in plans):
-            raise NotImplementedError("AMP (grad_scale / found_inf) with sparse gradients "
-                                      "(lazy_mode) is not supported yet; nothing was updated")
-        lr = self.get_lr()
-        scales = None
-        clipped = [(b, plan) for b, plan in plans if b.clip_scale and any(plan.active)]
-        if clipped:
-            # Norm clipping: the norm passes and the finalize run before any update reads a
-            # gradient; the updates multiply each gradient by its scale as they read it.
-            for bucket, plan in clipped:
-                bucket.sync_tables(plan)
-            scales = self._clipper.scales(clipped, _on(grad_scale, clipped[0][0]))
-        for bucket, plan in plans:
-            bucket.launch(plan, lr, scales, _on(grad_scale, bucket), _on(found_inf, bucket))
+
+    @property
+    def engine(self) -> Engine:
+        """The engine under this optimizer (``triton_adam.engine``): each parameter's state
+        by plain accumulator name (``engine.state(i)``), the norms of the last clipped step
+        (``engine.norms()``). An extension of Paddle's API, for inspection and tools."""
+        return self._engine
 
     # torch.amp.GradScaler's fused-optimizer protocol: instead of unscaling the gradients and
     # checking them on the host, the scaler sets ``grad_scale`` and ``found_inf`` (device
@@ -472,15 +409,7 @@ class _AdamBase:
             grad_scale = getattr(self, "grad_scale", None)
         if found_inf is None:
             found_inf = getattr(self, "found_inf", None)
-        backend.check_not_capturing(self._devices)
-        # After the first step only the (usually no) parameters outside every bucket are
-        # looked at here: the buckets check their own members.
-        candidates = self._parameter_list if not self._buckets else self._unbucketed
-        if any(p.requires_grad and p.grad is not None for p in candidates):
-            self._ensure_buckets(p for p in candidates if p.requires_grad and p.grad is not None)
-        plans = [(b, b.prepare([p.grad if p.requires_grad else None for p in b.params]))
-                 for b in self._buckets]
-        self._launch(plans, grad_scale, found_inf)
+        self._apply(None, grad_scale, found_inf)
 
     def minimize(self, loss: torch.Tensor, startup_program: object = None,
                  parameters: Iterable[torch.Tensor] | None = None,

@@ -1,6 +1,6 @@
 """The float64 reference: what one Adam/AdamW step computes, one tensor at a time.
 
-This is the specification every kernel is tested against (``../shared/paddle-adam-semantics.md``
+This is the specification every kernel is tested against (``docs/paddle-compatibility.md``
 sections 1 and 2), written for reading rather than speed: plain PyTorch, float64 throughout,
 no in-place tricks, and the algebraic form Paddle's CPU kernel uses (the kernels use the
 equivalent form of Paddle's GPU kernel, so a test also checks that the two forms agree).
@@ -71,7 +71,7 @@ def adam_step(state: AdamTensorState, grad: torch.Tensor, *, lr: float, beta1: f
 
 
 # ---------------------------------------------------------------------------------------------
-# Sparse gradients (``../shared/paddle-adam-semantics.md`` section 4, with its Decision: the
+# Sparse gradients (``docs/paddle-compatibility.md`` section 4, with its Decision: the
 # section-1 formula of Paddle's GPU kernel for every updated row). Added for the lazy-mode
 # kernel (kernels/lazy.py); the functions above are unchanged.
 # ---------------------------------------------------------------------------------------------

@@ -87,19 +87,16 @@ import math
 import re
 import sys
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from triton_adam import distributed as _dist
-from triton_adam.kernels import adam as K
+from triton_adam import dtensor as _dist
+from triton_adam.engine import Engine
 from triton_adam.lr import LambdaDecay, LRScheduler
-
-if TYPE_CHECKING:
-    from triton_adam.buckets import Bucket
-    from triton_adam.optimizer import _AdamBase
 
 # Paddle's accumulator names.
 MOMENT1 = "moment1"
@@ -114,6 +111,9 @@ MASTER_SUFFIX = "_fp32_master_0"  # Paddle's master weight name: f"{param.name}_
 # Which accumulator, in Paddle's order (state_dict lists them accumulator by accumulator).
 _MOMENTS = (MOMENT1, MOMENT2, MOMENT2_MAX)
 _POWS = (BETA1_POW, BETA2_POW)
+# Paddle's accumulator names -> the engine's (triton_adam.engine.ACCUMULATORS).
+ENGINE_NAME = {MOMENT1: "exp_avg", MOMENT2: "exp_avg_sq", MOMENT2_MAX: "max_exp_avg_sq",
+               BETA1_POW: "beta1_pow", BETA2_POW: "beta2_pow"}
 # A Paddle accumulator key: prefix, accumulator, counter. ``moment2`` must not swallow
 # ``moment2_max``: the counter is digits only, so the regex backtracks to the longer name.
 # The prefix is greedy, and no accumulator name ends another one after a ``_``, so the prefix
@@ -147,9 +147,21 @@ class MissingStateError(StateDictError, KeyError):
 
 
 # ------------------------------------------------------------------------------ naming
-def _names(opt: _AdamBase) -> list[str]:
+@dataclass
+class Layout:
+    """What the keys of an optimizer's state are built from: its engine (parameters, which
+    have state, master weights, amsgrad), every parameter's name, the optimizer's ``name``
+    and its learning-rate scheduler (None for a constant learning rate)."""
+
+    engine: Engine
+    names: Sequence[str]
+    opt_name: str | None = None
+    scheduler: LRScheduler | None = None
+
+
+def _names(layout: Layout) -> list[str]:
     """Every parameter's name, checked to be distinct (keys are built from them)."""
-    names = [opt._param_name(i) for i in range(len(opt._parameter_list))]
+    names = list(layout.names)
     first: dict[str, int] = {}
     for i, name in enumerate(names):
         if name in first:
@@ -162,13 +174,13 @@ def _names(opt: _AdamBase) -> list[str]:
     return names
 
 
-def _check_bases(opt: _AdamBase, names: list[str]) -> None:
+def _check_bases(layout: Layout, names: list[str]) -> None:
     """Raise ``ValueError`` if two parameters would have the same keys: a parameter named
     exactly like another's master weight (``w_fp32_master_0`` beside a bf16 ``w`` with master
     weights). Names are distinct (``_names``), so that is the only way keys can meet."""
     first: dict[str, int] = {}
-    for i, (name, param) in enumerate(zip(names, opt._parameter_list)):
-        base = name + MASTER_SUFFIX if _has_master(opt, param) else name
+    for i, name in enumerate(names):
+        base = name + MASTER_SUFFIX if layout.engine.has_master(i) else name
         if base in first:
             plain, master = (i, first[base]) if name == base else (first[base], i)
             raise ValueError(
@@ -179,62 +191,41 @@ def _check_bases(opt: _AdamBase, names: list[str]) -> None:
         first[base] = i
 
 
-def _has_master(opt: _AdamBase, param: torch.Tensor) -> bool:
-    """Whether ``param`` has fp32 master weights (what ``Bucket.has_master`` decides)."""
-    return bool(opt._multi_precision) and param.dtype in K.LOW_PRECISION
-
-
-def _prefix(opt: _AdamBase, name: str, master: bool) -> str:
+def _prefix(layout: Layout, name: str, master: bool) -> str:
     """The key prefix of a parameter's accumulators, without the trailing ``_``."""
     base = name + MASTER_SUFFIX if master else name
-    return f"{base}_{opt._name}" if opt._name else base
+    return f"{base}_{layout.opt_name}" if layout.opt_name else base
 
 
-def _accs(opt: _AdamBase) -> tuple[str, ...]:
-    moments = _MOMENTS if opt._amsgrad else _MOMENTS[:2]
+def _accs(layout: Layout) -> tuple[str, ...]:
+    moments = _MOMENTS if layout.engine.amsgrad else _MOMENTS[:2]
     return moments + _POWS
 
 
 # ------------------------------------------------------------------------------ export
-def state_dict(opt: _AdamBase) -> dict[str, Any]:
-    """The accumulators of ``opt`` under Paddle's keys (see ``_AdamBase.state_dict``).
+def state_dict(layout: Layout) -> dict[str, Any]:
+    """The accumulators of an optimizer under Paddle's keys (see ``_AdamBase.state_dict``).
 
     Moments and master weights are views of the live state (no copy: they are as large as the
     model, and Paddle too returns its live accumulators); the pows are copies taken now: they
     live in two slots that alternate between steps, so a view would show a value of the wrong
     step later. Use (save) the dict before the next step.
     """
-    names = _names(opt)
-    _check_bases(opt, names)
-    members: list[tuple[int, Bucket, int]] = []
-    for index, param in enumerate(opt._parameter_list):
-        where = opt._where.get(id(param))
-        if where is not None and where[0].created[where[1]]:
-            members.append((index, *where))
-    pows: dict[int, torch.Tensor] = {}  # one copy of each bucket's pow table
-    for _, bucket, _ in members:
-        if id(bucket) not in pows:
-            pows[id(bucket)] = bucket.pows.clone()
-
+    engine = layout.engine
+    names = _names(layout)
+    _check_bases(layout, names)
+    states = {i: engine.state(i) for i in range(len(names)) if engine.has_state(i)}
     out: dict[str, Any] = {}
-    for acc in _accs(opt):
-        for index, bucket, j in members:
-            master = getattr(bucket, "master", None) is not None
-            key = f"{_prefix(opt, names[index], master)}_{acc}_0"
-            if acc in _POWS:
-                which = _POWS.index(acc)
-                out[key] = pows[id(bucket)][bucket.current_slot(j), j, which:which + 1]
-            else:
-                buffer = getattr(bucket, acc)
-                if buffer is None:  # moment2_max of a bucket built without amsgrad
-                    continue
-                out[key] = bucket.state_view(buffer, j)
-    masters = {names[index]: bucket.state_view(bucket.master, j)
-               for index, bucket, j in members if getattr(bucket, "master", None) is not None}
+    for acc in _accs(layout):
+        for index, state in states.items():
+            key = f"{_prefix(layout, names[index], 'master' in state)}_{acc}_0"
+            value = state[ENGINE_NAME[acc]]
+            out[key] = value.clone() if acc in _POWS else value
+    masters = {names[i]: state["master"] for i, state in states.items() if "master" in state}
     if masters:
         out[MASTER_WEIGHTS_KEY] = masters
-    if isinstance(opt._learning_rate, LRScheduler):
-        out[LR_SCHEDULER_KEY] = opt._learning_rate.state_dict()
+    if layout.scheduler is not None:
+        out[LR_SCHEDULER_KEY] = layout.scheduler.state_dict()
     return out
 
 
@@ -389,17 +380,18 @@ def _check_scheduler_values(state: dict, where: str, depth: int = 0) -> None:
                                      "scheduler's state holds numbers")
 
 
-def _plan(opt: _AdamBase, state: dict) -> tuple[list[_Load], object]:
-    """Check ``state`` against ``opt`` without changing anything: what to write, and the
-    scheduler state to restore (None if none)."""
+def _plan(layout: Layout, state: dict) -> tuple[list[_Load], object]:
+    """Check ``state`` against the optimizer without changing anything: what to write, and
+    the scheduler state to restore (None if none)."""
     if not isinstance(state, dict):
         raise StateDictTypeError(f"state_dict must be a dict, got {type(state).__name__}")
-    names = _names(opt)
-    _check_bases(opt, names)
-    accs = _accs(opt)
-    index, every = _index_keys(state, opt._name)
-    masters_of = [_has_master(opt, param) for param in opt._parameter_list]
-    prefixes = [_prefix(opt, name, m) for name, m in zip(names, masters_of)]
+    engine = layout.engine
+    names = _names(layout)
+    _check_bases(layout, names)
+    accs = _accs(layout)
+    index, every = _index_keys(state, layout.opt_name)
+    masters_of = [engine.has_master(i) for i in range(len(names))]
+    prefixes = [_prefix(layout, name, m) for name, m in zip(names, masters_of)]
     # Every parameter's key base: a key with another parameter's base is never this one's.
     bases = [name + MASTER_SUFFIX if m else name for name, m in zip(names, masters_of)]
     all_bases = set(bases)
@@ -414,7 +406,7 @@ def _plan(opt: _AdamBase, state: dict) -> tuple[list[_Load], object]:
 
     loads: list[_Load] = []
     absent: list[tuple[int, str]] = []  # trainable params with none of their keys
-    for i, param in enumerate(opt._parameter_list):
+    for i, param in enumerate(engine.params):
         name, prefix, master = names[i], prefixes[i], masters_of[i]
         found: dict[str, str] = {}
         for acc in accs:
@@ -429,8 +421,7 @@ def _plan(opt: _AdamBase, state: dict) -> tuple[list[_Load], object]:
                     "ambiguous")
             taken[key] = i
             found[acc] = key
-        where = opt._where.get(id(param))
-        has_state = where is not None and where[0].created[where[1]]
+        has_state = engine.has_state(i)
         what = f"parameter {name!r}"
         if not found:
             if has_state:
@@ -448,8 +439,7 @@ def _plan(opt: _AdamBase, state: dict) -> tuple[list[_Load], object]:
                 f"{sorted(found.values())} but not {missing}"
                 + (" (the optimizer has amsgrad=True: was the state saved without it?)"
                    if any(k.endswith(f"_{MOMENT2_MAX}_0") for k in missing) else ""))
-        compute = (where[0].compute_dtype if where is not None
-                   else K.compute_dtype_for(param.dtype))
+        compute = engine.state_dtype(i)
         # A DTensor (FSDP2) parameter's state is its local shard's: each rank loads its part
         # (triton_adam.distributed.shard_full_state slices a full state).
         local = _dist.local_tensor(param)
@@ -484,11 +474,12 @@ def _plan(opt: _AdamBase, state: dict) -> tuple[list[_Load], object]:
                 f"optimizer state of parameter {names[i]!r} not found (no key {key!r}), and "
                 f"state_dict holds {len(foreign)} accumulator key(s) that match no parameter "
                 f"of this optimizer ({shown}): parameter names, the optimizer's name "
-                f"({opt._name!r}) or amsgrad differ from the run that saved it. (A parameter "
+                f"({layout.opt_name!r}) or amsgrad differ from the run that saved it. "
+                "(A parameter "
                 "absent from a state dict whose keys all match is taken as never updated.)")
 
     lr_state = None
-    sched = opt._learning_rate
+    sched = layout.scheduler
     if isinstance(sched, LRScheduler):
         lr_state = state.get(LR_SCHEDULER_KEY)
         if lr_state is None and not isinstance(sched, LambdaDecay):
@@ -533,34 +524,10 @@ def _to_tensor(value: torch.Tensor | np.ndarray) -> torch.Tensor:
     return torch.from_numpy(value)
 
 
-def _span(t: torch.Tensor) -> tuple[torch.device, int, int]:
-    storage = t.untyped_storage()
-    return t.device, storage.data_ptr(), storage.data_ptr() + storage.nbytes()
-
-
-def _unalias(opt: _AdamBase, copies: list[tuple[torch.Tensor, torch.Tensor]]
-             ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``(destination, source)`` pairs safe to copy in any order: a source that overlaps this
-    optimizer's state memory (``opt.state_dict()`` views loaded under other keys) is read
-    into a copy first, or dropped when it is its own destination (loading a dict into the
-    optimizer it came from)."""
-    spans = [_span(b) for bucket in opt._buckets
-             for b in (bucket.moment1, bucket.moment2, bucket.moment2_max,
-                       getattr(bucket, "master", None), bucket.pows) if b is not None]
-    out = []
-    for dst, src in copies:
-        device, lo, hi = _span(src)
-        if not any(device == d and lo < e and s < hi for d, s, e in spans):
-            out.append((dst, src))
-        elif not (src.data_ptr() == dst.data_ptr() and src.dtype == dst.dtype
-                  and src.shape == dst.shape and src.stride() == dst.stride()):
-            out.append((dst, src.clone()))
-    return out
-
-
 @torch.no_grad()
-def set_state_dict(opt: _AdamBase, state_dict: dict) -> None:
-    """Load ``state_dict`` (from ``state_dict()`` here or in Paddle) into ``opt``.
+def set_state_dict(layout: Layout, state_dict: dict) -> None:
+    """Load ``state_dict`` (from ``state_dict()`` here or in Paddle) into the optimizer
+    whose ``layout`` is given.
 
     Rules: the module docstring. Every value is checked before anything is written, so on an
     error the optimizer is unchanged (moments, pows, master weights, scheduler, and no state
@@ -583,44 +550,28 @@ def set_state_dict(opt: _AdamBase, state_dict: dict) -> None:
             master weight (their keys would be the same).
         RuntimeError: the scheduler rejects ``LR_Scheduler`` (its own check).
     """
-    loads, lr_state = _plan(opt, state_dict)
+    loads, lr_state = _plan(layout, state_dict)
 
-    params = opt._parameter_list
-    sched = opt._learning_rate if lr_state is not None else None
+    sched = layout.scheduler if lr_state is not None else None
     before = sched.state_dict() if sched is not None else None
+    values: dict[int, dict[str, torch.Tensor]] = {}
+    for load in loads:
+        values[load.index] = {ENGINE_NAME[acc]: _to_tensor(v.value)
+                              for acc, v in load.values.items()}
+        if load.master is not None and layout.engine.has_master(load.index):
+            values[load.index]["master"] = _to_tensor(load.master.value)
     try:
         if sched is not None:
             sched.set_state_dict(lr_state)
-        # State is created now for what is loaded: buckets as the first step would build them
-        # (every trainable parameter), plus buckets for loaded parameters frozen now.
-        if loads:
-            opt._ensure_buckets(params[load.index] for load in loads)
-            rest = [load.index for load in loads if id(params[load.index]) not in opt._where]
-            if rest:
-                opt._build_buckets(rest)
+        # State is created now for what is loaded (slots as the first step would build
+        # them), and the values are copied in.
+        if values:
+            layout.engine.load_state(values)
     except BaseException:
-        # Building a bucket reads per-parameter options (lr_ratio, ...), which may raise:
-        # the scheduler goes back to where it was.
+        # Building the slots reads per-parameter options (lr_ratio, ...), which may raise
+        # before anything is copied: the scheduler goes back to where it was.
         if before is not None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 sched.set_state_dict(before)
         raise
-
-    copies: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for load in loads:
-        bucket, j = opt._where[id(params[load.index])]
-        for acc, v in load.values.items():
-            if acc in _POWS:
-                which = _POWS.index(acc)
-                dst = bucket.pows[bucket.current_slot(j), j, which:which + 1]
-            else:
-                dst = bucket.state_view(getattr(bucket, acc), j)
-            copies.append((dst, _to_tensor(v.value)))
-        if load.master is not None and getattr(bucket, "master", None) is not None:
-            copies.append((bucket.state_view(bucket.master, j), _to_tensor(load.master.value)))
-    for dst, src in _unalias(opt, copies):
-        dst.copy_(src)
-    for load in loads:
-        bucket, j = opt._where[id(params[load.index])]
-        bucket.created[j] = True  # the first step must not re-initialize what was loaded

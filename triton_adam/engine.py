@@ -1,0 +1,443 @@
+"""What a step does to a set of parameters, whatever API drives it: the optimizer engine.
+
+The engine knows Adam's math and how to launch it, and nothing of any front end's names,
+argument rules or state formats. A front end (``triton_adam.Adam``, Paddle's API) gives it
+
+* the parameters, once, and a function ``configure(index) -> ParamConfig`` that says how each
+  one is updated (learning-rate scale, betas, epsilon, decay, clipping, lazy rows), in the
+  engine's own terms; the engine asks when it first needs a parameter's configuration, and
+  again when the front end reports a change (``reconfigure``): hyper-parameters are live;
+* per step, the learning rate (a host float) and AMP's device loss scale and overflow flag.
+
+It owns everything else: the parameters' slots in buckets by (device, dtypes)
+(``triton_adam.buckets``), the flat state storage of each bucket under plain accumulator names
+(``ACCUMULATORS``), the per-tensor hyper-parameter rows on the device, the launch tables and
+their staleness checks, the norm outputs of clipping (``triton_adam.clip_plan``), the launch
+sequence of a step (norm pass, finalize, update), master weights and DTensor local shards.
+
+A step, as data::
+
+    grads (param.grad, or given)     -> every bucket validates its members (no device work)
+    -> clipping by norm: one norm pass per bucket, one finalize: device clip scales
+    -> one update launch per bucket (or one per tensor): p, m, v (+ master, vmax), the pows
+
+Everything is checked before the first launch, so a step that raises changes nothing; no value
+is read back from the device; every launch runs on its tensors' device and current stream.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from triton_adam import backend
+from triton_adam import dtensor as D
+from triton_adam.buckets import Bucket, MemberConfig, StepPlan, grad_dtype_of, group_into_buckets
+from triton_adam.clip_plan import DeviceClipper
+from triton_adam.kernels import adam as K
+from triton_adam.kernels import norm as N
+
+__all__ = ["ACCUMULATORS", "Engine", "NormClip", "ParamConfig", "ValueClip"]
+
+# The engine's names of a parameter's state: the moments (``max_exp_avg_sq`` with amsgrad),
+# fp32 master weights (fp16/bf16 parameters with master weights), and the bias-correction
+# pows beta1^t, beta2^t (shape [1]). Front ends map them to their own state formats.
+ACCUMULATORS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "master", "beta1_pow", "beta2_pow")
+_BUFFER_OF = {"exp_avg": "moment1", "exp_avg_sq": "moment2", "max_exp_avg_sq": "moment2_max",
+              "master": "master"}
+_POW_OF = {"beta1_pow": 0, "beta2_pow": 1}
+
+SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+@dataclass(frozen=True, eq=False)
+class NormClip:
+    """Multiply the gradient by a norm's clip scale, computed on the device.
+
+    Parameters whose configurations carry the same ``key`` share one norm, the norm over all
+    their gradients (a global norm); ``per_tensor`` parameters each have their own (the key
+    then names the parameter). Scale: ``c / max(norm, c)`` for a shared norm (with
+    ``auto_skip``: ``c / norm`` only when ``norm > c``, else 1), ``1 if norm <= c else
+    c / norm`` per tensor, with ``c = clip_norm``.
+    """
+
+    key: Hashable
+    clip_norm: float
+    per_tensor: bool = False
+    auto_skip: bool = False
+
+    @property
+    def mode(self) -> int:
+        if self.per_tensor:
+            return N.MODE_BY_NORM
+        return N.MODE_GLOBAL_AUTO_SKIP if self.auto_skip else N.MODE_GLOBAL
+
+
+@dataclass(frozen=True, eq=False)
+class ValueClip:
+    """Clamp every gradient element to ``[min, max]`` as the update reads it."""
+
+    min: float
+    max: float
+
+
+@dataclass(frozen=True, eq=False)
+class ParamConfig:
+    """How one parameter is updated (see ``kernels/adam.py`` for the math).
+
+    ``beta1``, ``beta2`` and ``eps`` are floats or 1-element tensors on the parameter's device
+    (read on the device at every step). ``l2``/``l1`` are coupled decay coefficients added to
+    the gradient (``l2 * p + l1 * sign(p)``), ``decoupled_decay`` is AdamW's
+    ``p -= lr * lr_scale * wd * p``. ``lazy``: a sparse gradient updates only its rows.
+    ``label`` names the parameter in error messages.
+    """
+
+    lr_scale: float = 1.0
+    beta1: float | torch.Tensor = 0.9
+    beta2: float | torch.Tensor = 0.999
+    eps: float | torch.Tensor = 1e-8
+    l2: float = 0.0
+    l1: float = 0.0
+    decoupled_decay: float = 0.0
+    clip: NormClip | ValueClip | None = None
+    lazy: bool = False
+    label: str = "a parameter"
+
+
+class Engine:
+    """The state and the step of one optimizer over ``params``.
+
+    Args:
+        params: the tensors to update (contiguous float32/float64/float16/bfloat16, or
+            DTensors whose local shards are).
+        configure: ``configure(index) -> ParamConfig`` for ``params[index]``.
+        amsgrad: keep ``max_exp_avg_sq`` and use it in the denominator.
+        master_weights: fp32 master weights for fp16/bf16 parameters.
+        multi_tensor: one launch per bucket instead of one per tensor (same results).
+        label_of: ``label_of(index)`` names a parameter in errors raised before any
+            configuration exists (default: ``params[index]``).
+    """
+
+    def __init__(self, params: Sequence[torch.Tensor],
+                 configure: Callable[[int], ParamConfig], *, amsgrad: bool = False,
+                 master_weights: bool = False, multi_tensor: bool = False,
+                 label_of: Callable[[int], str] | None = None) -> None:
+        self.params = list(params)
+        self._configure = configure
+        self._label_of = label_of or (lambda i: f"params[{i}]")
+        self.amsgrad = bool(amsgrad)
+        self.master_weights = bool(master_weights)
+        self.multi_tensor = bool(multi_tensor)
+        for i, p in enumerate(self.params):
+            if p.dtype not in SUPPORTED_DTYPES:
+                raise TypeError(f"{self._label_of(i)} has dtype {p.dtype}; Adam updates "
+                                "float32, float64, float16 and bfloat16 parameters")
+            # A DTensor (FSDP2) parameter is updated through its local shard.
+            if not D.local_tensor(p).is_contiguous():
+                raise ValueError(f"{self._label_of(i)} is not contiguous: the kernels update a "
+                                 "parameter in place over its storage")
+        self._check_no_shared_memory()
+        self.devices = {D.local_tensor(p).device for p in self.params}
+        self._index_of = {id(p): i for i, p in enumerate(self.params)}
+        # Norms over sharded (DTensor) parameters: the process group their sums of squares
+        # are all-reduced over and which parameters this rank adds (replicas once). Decided
+        # from all the parameters, so that it never depends on which have a gradient.
+        self._norm_rule = D.norm_reduction(self.params)
+        self._clipper = DeviceClipper(group=self._norm_rule.group)
+        self._clip_entries: dict[Hashable, int] = {}  # NormClip.key -> scale-buffer entry
+        # Buckets are built when parameters first need state (their first gradient, or a
+        # loaded state), from the trainable parameters of that time.
+        self._buckets: list[Bucket] = []
+        self._where: dict[int, tuple[Bucket, int]] = {}  # index -> (bucket, member)
+        self._unbucketed: list[int] = list(range(len(self.params)))
+
+    def _check_no_shared_memory(self) -> None:
+        """Two parameters whose storage overlaps would race in one multi-tensor launch (and
+        update the shared elements twice per step): refuse them, naming both."""
+        spans = []
+        for i, p in enumerate(self.params):
+            t = D.local_tensor(p)
+            size = t.numel() * t.element_size()
+            if size and t.device.type != "meta":
+                spans.append(((t.device.type, t.device.index or 0), t.data_ptr(),
+                              t.data_ptr() + size, i))
+        spans.sort(key=lambda span: (span[0], span[1]))
+        reach: tuple | None = None  # (device, end, index) of the span reaching furthest
+        for device, start, end, i in spans:
+            if reach is not None and reach[0] == device and start < reach[1]:
+                raise ValueError(
+                    f"{self._label_of(reach[2])} and {self._label_of(i)} share memory (one is "
+                    "a view of the other, or both view one storage): their updates would "
+                    "race. Pass each storage once (tied weights as one parameter)")
+            if reach is None or reach[0] != device or end > reach[1]:
+                reach = (device, end, i)
+
+    # ------------------------------------------------------------------------ configuration
+    def _clip_entry(self, clip: NormClip) -> int:
+        """The scale-buffer entry of ``clip``'s norm output (made at its key's first use; a
+        later ``clip_norm`` or mode for the same key updates it)."""
+        entry = self._clip_entries.get(clip.key)
+        if entry is None:
+            entry = self._clipper.add_output(clip.mode, clip.clip_norm)
+            self._clip_entries[clip.key] = entry
+        else:
+            self._clipper.set_output(entry, clip.mode, clip.clip_norm)
+        return entry
+
+    def _member_config(self, index: int, config: ParamConfig) -> MemberConfig:
+        """The bucket's view of ``config``: the hyper-parameter row and the clip entry."""
+        param = self.params[index]
+        row = [0.0] * K.HYPER_WIDTH
+        if not math.isfinite(config.lr_scale):
+            raise ValueError(f"{config.label}: its learning-rate scale is {config.lr_scale}")
+        row[K.HYPER_LR_SCALE] = config.lr_scale
+        tensors: dict[int, torch.Tensor] = {}
+        for col, value, name in ((K.HYPER_BETA1, config.beta1, "beta1"),
+                                 (K.HYPER_BETA2, config.beta2, "beta2"),
+                                 (K.HYPER_EPS, config.eps, "epsilon")):
+            if isinstance(value, torch.Tensor):
+                if value.device != D.local_tensor(param).device:
+                    raise ValueError(f"{name} is a tensor on {value.device} but {config.label} "
+                                     f"is on {D.local_tensor(param).device}: keep tensor "
+                                     "hyper-parameters on the parameters' device (a "
+                                     "cross-device copy would sync)")
+                tensors[col] = value
+            else:
+                row[col] = float(value)
+        row[K.HYPER_L2] = config.l2
+        row[K.HYPER_L1] = config.l1
+        row[K.HYPER_WD] = config.decoupled_decay
+        row[K.HYPER_CLIP_MIN] = -math.inf
+        row[K.HYPER_CLIP_MAX] = math.inf
+        clip_index, clip_value = 0, False
+        if isinstance(config.clip, ValueClip):
+            row[K.HYPER_CLIP_MIN] = config.clip.min
+            row[K.HYPER_CLIP_MAX] = config.clip.max
+            clip_value = True
+        elif isinstance(config.clip, NormClip):
+            clip_index = self._clip_entry(config.clip)
+        return MemberConfig(hyper=row, tensor_hypers=tensors, what=config.label,
+                            clip_index=clip_index, clip_value=clip_value, lazy=config.lazy,
+                            norm_owner=self._norm_rule.owners[index])
+
+    def reconfigure(self, indices: Iterable[int]) -> None:
+        """Ask ``configure`` again for ``params[indices]`` (their options changed): the new
+        values take effect at the next step, uploaded asynchronously (no host sync, no
+        recompile unless a decay or clip switch of a bucket turns on). Every new
+        configuration is built before any is applied, so a bad one changes nothing."""
+        fresh: dict[int, MemberConfig] = {}
+        for i in indices:
+            if i in self._where:
+                fresh[i] = self._member_config(i, self._configure(i))
+        by_bucket: dict[int, tuple[Bucket, dict[int, MemberConfig]]] = {}
+        for i, member in fresh.items():
+            bucket, j = self._where[i]
+            by_bucket.setdefault(id(bucket), (bucket, {}))[1][j] = member
+        for bucket, members in by_bucket.values():
+            bucket.set_configs(members)
+        if by_bucket:
+            self._clipper.invalidate()
+
+    # -------------------------------------------------------------------------- buckets
+    def _build_buckets(self, indices: list[int]) -> None:
+        """Buckets for parameters ``indices`` (none of them in a bucket yet)."""
+        configs = {i: self._member_config(i, self._configure(i)) for i in indices}
+
+        def make(members: list[int]) -> Bucket:
+            chosen = [indices[m] for m in members]
+            first = self.params[chosen[0]]
+            return Bucket([self.params[i] for i in chosen], [configs[i] for i in chosen],
+                          amsgrad=self.amsgrad, multi_tensor=self.multi_tensor,
+                          grad_dtype=grad_dtype_of(first),
+                          multi_precision=self.master_weights)
+
+        for bucket in group_into_buckets([self.params[i] for i in indices], make):
+            for j, p in enumerate(bucket.params):
+                self._where[self._index_of[id(p)]] = (bucket, j)
+            self._buckets.append(bucket)
+        self._unbucketed = [i for i in range(len(self.params)) if i not in self._where]
+
+    def ensure_state(self, indices: Iterable[int]) -> None:
+        """Make sure ``params[indices]`` have their slots (state storage, not yet created):
+        new buckets take every trainable parameter not in one yet (so a model normally has
+        one bucket per dtype), plus the given ones."""
+        wanted = [i for i in indices if i not in self._where]
+        if not wanted:
+            return
+        rest = [i for i in self._unbucketed
+                if self.params[i].requires_grad or self.params[i].grad is not None]
+        rest += [i for i in wanted if i not in set(rest)]
+        self._build_buckets(sorted(rest))
+
+    # ----------------------------------------------------------------------------- step
+    def step(self, lr: float, *, grads: Mapping[int, torch.Tensor] | None = None,
+             grad_scale: torch.Tensor | None = None, found_inf: torch.Tensor | None = None,
+             refuse_sparse: str | None = None) -> None:
+        """One step: update every parameter that has a gradient.
+
+        Args:
+            lr: the learning rate of this step.
+            grads: ``{index: gradient}`` of the parameters to update; by default each
+                trainable parameter's ``.grad`` (None: not updated).
+            grad_scale, found_inf: AMP's loss scale and overflow flag (1-element tensors on
+                the parameters' device; see ``Adam.step``).
+            refuse_sparse: if given, a sparse gradient raises ``RuntimeError(refuse_sparse)``
+                (before anything changes).
+        """
+        backend.check_not_capturing(self.devices)
+        if grads is None:
+            # After the first step only the (usually no) parameters outside every bucket
+            # are looked at here: the buckets check their own members.
+            params = self.params
+            new = [i for i in self._unbucketed
+                   if params[i].requires_grad and params[i].grad is not None]
+            if new:
+                self.ensure_state(new)
+            plans = [(b, b.prepare([p.grad if p.requires_grad else None for p in b.params]))
+                     for b in self._buckets]
+        else:
+            self.ensure_state(grads)
+            plans = [(b, b.prepare([grads.get(self._index_of[id(p)]) for p in b.params]))
+                     for b in self._buckets]
+        self._launch(plans, lr, grad_scale, found_inf, refuse_sparse)
+
+    def _launch(self, plans: list[tuple[Bucket, StepPlan]], lr: float,
+                grad_scale: torch.Tensor | None, found_inf: torch.Tensor | None,
+                refuse_sparse: str | None) -> None:
+        # Every bucket was validated (prepare) before this first launch: bad input changes
+        # nothing.
+        if refuse_sparse is not None and any(plan.sparse_seen for _, plan in plans):
+            raise RuntimeError(refuse_sparse)
+        if (grad_scale is not None or found_inf is not None) \
+                and any(plan.sparse for _, plan in plans):
+            raise NotImplementedError("AMP (grad_scale / found_inf) with sparse gradients "
+                                      "(lazy_mode) is not supported yet; nothing was updated")
+        scales = None
+        clipped = [(b, plan) for b, plan in plans if b.clip_scale and any(plan.active)]
+        if clipped:
+            # Norm clipping: the norm passes and the finalize run before any update reads a
+            # gradient; the updates multiply each gradient by its scale as they read it.
+            for bucket, plan in clipped:
+                bucket.sync_tables(plan)
+            scales = self._clipper.scales(clipped, _on(grad_scale, clipped[0][0]))
+        for bucket, plan in plans:
+            bucket.launch(plan, lr, scales, _on(grad_scale, bucket), _on(found_inf, bucket))
+
+    @property
+    def buckets(self) -> list[Bucket]:
+        """The launch groups built so far (``triton_adam.buckets.Bucket``), for tests and
+        tools that inspect the flat state buffers and launch tables."""
+        return list(self._buckets)
+
+    def norms(self) -> torch.Tensor | None:
+        """The norms of the last clipped step, one per norm output (a device tensor)."""
+        return self._clipper.norms()
+
+    # ---------------------------------------------------------------------------- state
+    def has_state(self, index: int) -> bool:
+        """Whether ``params[index]`` has state (it was updated, or its state was loaded)."""
+        where = self._where.get(index)
+        return where is not None and where[0].created[where[1]]
+
+    def has_master(self, index: int) -> bool:
+        """Whether ``params[index]`` keeps fp32 master weights."""
+        return self.master_weights and self.params[index].dtype in K.LOW_PRECISION
+
+    def state_dtype(self, index: int) -> torch.dtype:
+        """The dtype of ``params[index]``'s moments and pows (float64 for float64
+        parameters, else float32)."""
+        return K.compute_dtype_for(self.params[index].dtype)
+
+    def accumulators(self, index: int) -> tuple[str, ...]:
+        """The names of ``params[index]``'s state (``ACCUMULATORS`` that apply to it)."""
+        names = ["exp_avg", "exp_avg_sq"] + ["max_exp_avg_sq"] * self.amsgrad
+        names += ["master"] * self.has_master(index)
+        return tuple(names) + ("beta1_pow", "beta2_pow")
+
+    def state(self, index: int) -> dict[str, torch.Tensor]:
+        """``params[index]``'s state by accumulator name, empty before it has any.
+
+        Moments and master weights are live views, shaped like the parameter (its local shard
+        for a DTensor); the pows are ``[1]`` views of the slot the next step reads, which
+        alternates between steps: copy them to keep them. Writing into the views (a load)
+        changes the state.
+        """
+        if not self.has_state(index):
+            return {}
+        return self._views(index)
+
+    def _views(self, index: int) -> dict[str, torch.Tensor]:
+        bucket, j = self._where[index]
+        out = {}
+        for name in self.accumulators(index):
+            if name in _POW_OF:
+                which = _POW_OF[name]
+                out[name] = bucket.pows[bucket.current_slot(j), j, which:which + 1]
+            else:
+                out[name] = bucket.state_view(getattr(bucket, _BUFFER_OF[name]), j)
+        return out
+
+    def load_state(self, values: Mapping[int, Mapping[str, torch.Tensor]]) -> None:
+        """Copy ``values[index][accumulator]`` into the state of those parameters and mark it
+        created (the next step continues from it), creating their slots first. The caller
+        has checked names, shapes and dtypes (``state_dtype``, the parameter's local shape);
+        a value that overlaps this engine's own state is read before anything is written.
+        Loaded master weights win over the parameters' current values."""
+        self.ensure_state(values)
+        copies = []
+        for index, accs in values.items():
+            views = self._views(index)
+            for name, value in accs.items():
+                if name not in views:
+                    raise KeyError(f"{self.params_label(index)} has no accumulator {name!r}")
+                copies.append((views[name], value))
+        with torch.no_grad():
+            for dst, src in self._unalias(copies):
+                dst.copy_(src)
+        for index in values:
+            bucket, j = self._where[index]
+            bucket.created[j] = True  # the first step must not re-initialize what was loaded
+        for bucket in self._buckets:
+            bucket.adopt_params()
+
+    def params_label(self, index: int) -> str:
+        where = self._where.get(index)
+        return where[0].configs[where[1]].what if where else self._label_of(index)
+
+    def _unalias(self, copies: list[tuple[torch.Tensor, torch.Tensor]]
+                 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``(destination, source)`` pairs safe to copy in any order: a source that overlaps
+        this engine's state memory (views of it loaded under other names) is read into a
+        copy first, or dropped when it is its own destination."""
+        spans = [_span(b) for bucket in self._buckets
+                 for b in (bucket.moment1, bucket.moment2, bucket.moment2_max, bucket.master,
+                           bucket.pows) if b is not None]
+        out = []
+        for dst, src in copies:
+            device, lo, hi = _span(src)
+            if not any(device == d and lo < e and s < hi for d, s, e in spans):
+                out.append((dst, src))
+            elif not (src.data_ptr() == dst.data_ptr() and src.dtype == dst.dtype
+                      and src.shape == dst.shape and src.stride() == dst.stride()):
+                out.append((dst, src.clone()))
+        return out
+
+
+def _span(t: torch.Tensor) -> tuple[torch.device, int, int]:
+    storage = t.untyped_storage()
+    return t.device, storage.data_ptr(), storage.data_ptr() + storage.nbytes()
+
+
+def _on(t: torch.Tensor | None, bucket: Bucket) -> torch.Tensor | None:
+    """An AMP tensor as the bucket's kernels read it (float32, on its device): a no-op for
+    GradScaler's own tensors (the front end has checked that it is on the parameters' kind of
+    device; a copy between two GPUs is asynchronous)."""
+    if t is None:
+        return None
+    t = t.reshape(1)
+    if t.dtype != torch.float32 or t.device != bucket.device:
+        t = t.to(device=bucket.device, dtype=torch.float32, non_blocking=True)
+    return t
