@@ -1,6 +1,6 @@
 """The fused Adam / AdamW update: one pass over a contiguous range of elements.
 
-Math (Paddle's GPU kernel, ``../shared/paddle-adam-semantics.md`` section 1), per element, in the
+Math (Paddle's GPU kernel, ``docs/paddle-compatibility.md`` section 1), per element, in the
 compute dtype ``C`` (float64 for float64 params, float32 otherwise), with the per-tensor
 hyper-parameters ``lr_scale, beta1, beta2, eps, l2, l1, wd`` and the stored pows
 ``b1p = beta1^t, b2p = beta2^t`` before the step::

@@ -67,7 +67,7 @@ _INTERPRETING = interpreting()
 FP_FUSION = True
 # 1024 elements per program with 4 warps: 8 contiguous elements per thread, i.e. two 16-byte
 # vector accesses per fp32 stream (one per fp64 stream), the shape measured to keep 16-byte
-# LDG/STG and ~48 registers on sm_80/sm_90 (see ../shared/performance-method.md).
+# LDG/STG without spills on sm_80/sm_90 (see docs/performance.md, the SASS audit).
 BLOCK_SIZE = 1024
 NUM_WARPS = 4
 # Elements per row of a chunk table (multi-tensor update, norm pass): a chunk is one block, so

@@ -1,6 +1,6 @@
 """Lazy (sparse-row) Adam / AdamW: update only the rows present in a sparse COO gradient.
 
-Semantics (``../shared/paddle-adam-semantics.md`` section 4, with its **Decision**: Paddle's GPU
+Semantics (``docs/paddle-compatibility.md`` section 4, following Paddle's GPU
 kernel, not its CPU sparse kernel). The parameter is viewed as a table ``[n_rows, width]``
 (dim 0 is the row, the other dims are flattened into ``width``); the gradient is a sparse COO
 tensor with one sparse dimension, as ``torch.nn.Embedding(sparse=True)`` produces:

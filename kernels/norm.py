@@ -71,7 +71,7 @@ How the optimizer maps Paddle's clips onto it:
   tensor is clipped). Inactive tensors (grad None, ``COL_GRAD_ADDR`` 0) must not appear in it.
 
 The scale is what multiplies the gradient (``g * scale``, cast to the compute dtype), matching
-``paddle.nn.ClipGradBy*`` including non-finite norms (``../shared/paddle-adam-semantics.md``
+``paddle.nn.ClipGradBy*`` including non-finite norms (``docs/paddle-compatibility.md``
 section 3, and ``triton_adam/clip.py`` for the readable spec):
 
 * ``MODE_GLOBAL``: ``c / max(norm, c)``, with ``max`` propagating NaN as ``paddle.maximum``

@@ -376,9 +376,6 @@ class Bucket:
                                                and g.dtype == torch.float32):
             raise TypeError(f"{what}: sparse gradient dtype {g.dtype} does not go with the "
                             f"parameter's {p.dtype}")
-        if self.clip_scale or self.clip_value:
-            raise NotImplementedError(f"{what}: gradient clipping of sparse gradients is not "
-                                      "supported yet")
         backend.check_runnable(p, what)
         indices = g._indices()
         if indices.dtype != torch.int64:
@@ -435,11 +432,6 @@ class Bucket:
         """
         if not any(plan.active) and not plan.sparse:
             return  # no launch, no pow advance: nothing of this bucket had a gradient
-        # Checked by the optimizer for every bucket before the first launch of a step; here
-        # only as a guard for direct callers.
-        if plan.sparse and (grad_scale is not None or found_inf is not None):
-            raise NotImplementedError("AMP (grad_scale / found_inf) with sparse gradients is "
-                                      "not supported yet")
         if self.clip_scale and clip_scales is None:
             raise ValueError("this bucket clips by norm: the step's clip scales are needed")
         with C.device_guard(self.device):
@@ -503,17 +495,23 @@ class Bucket:
             self._remember(j, g)
         for j, g in plan.sparse:
             s = self.slots[j]
-            if self._launch_sparse(j, g, s, lr):
+            if self._launch_sparse(j, g, s, lr, clip_scales, grad_scale, found_inf):
                 self.slots[j] = 1 - s
 
-    def _launch_sparse(self, j: int, g: torch.Tensor, s: int, lr: float) -> bool:
-        """The row kernel for member ``j``: reads pows slot ``s``, writes the other."""
+    def _launch_sparse(self, j: int, g: torch.Tensor, s: int, lr: float,
+                       clip_scales: torch.Tensor | None, grad_scale: torch.Tensor | None,
+                       found_inf: torch.Tensor | None) -> bool:
+        """The row kernel for member ``j``: reads pows slot ``s``, writes the other. Clipping
+        and AMP act on each row's gradient after its duplicates are summed."""
+        c = self.clip_index[j]
         return L.sparse_adam_update_(
             self.locals[j], g, self.state_view(self.moment1, j), self.state_view(self.moment2, j),
             None if self.moment2_max is None else self.state_view(self.moment2_max, j),
             self.hyper[j], self.pows[s, j], self.pows[1 - s, j], lr=lr,
             coupled_decay=self.coupled_decay, decoupled_decay=self.decoupled_decay,
-            master=None if self.master is None else self.state_view(self.master, j))
+            master=None if self.master is None else self.state_view(self.master, j),
+            clip_scale=clip_scales[c:c + 1] if c > 0 else None,
+            clip_value=self.configs[j].clip_value, grad_scale=grad_scale, found_inf=found_inf)
 
     def _remember(self, j: int, g: torch.Tensor) -> None:
         self._built_grads[j] = weakref.ref(g)
@@ -562,7 +560,7 @@ class Bucket:
         # Sparse (lazy) members after the dense launch, whose pow pass copied their pows into
         # slot 1 - s: the row kernel overwrites them there with the advanced ones.
         for j, g in plan.sparse:
-            self._launch_sparse(j, g, s, lr)
+            self._launch_sparse(j, g, s, lr, clip_scales, grad_scale, found_inf)
         self.slot = 1 - s
 
     def norm_chunks(self, active: Sequence[bool], chunk_size: int
@@ -584,6 +582,13 @@ class Bucket:
             ranges[c] = (ranges.get(c, (start, start))[0], end)
             start = end
         return table, ranges
+
+
+def sparse_norm_members(bucket: Bucket, plan: StepPlan) -> list[tuple[int, torch.Tensor]]:
+    """The lazy (row-sparse) members of ``plan`` whose gradient enters a norm output this rank
+    adds: ``(member, sparse gradient)`` in member order."""
+    return [(j, g) for j, g in plan.sparse
+            if bucket.clip_index[j] > 0 and bucket.norm_owner[j]]
 
 
 def _chunk_rows(numels: Sequence[int], members: Sequence[bool] | Sequence[int],

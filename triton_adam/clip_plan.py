@@ -37,8 +37,9 @@ import numpy as np
 import torch
 
 from triton_adam import dtensor as D
-from triton_adam.buckets import Bucket, StepPlan, upload_table
+from triton_adam.buckets import Bucket, StepPlan, sparse_norm_members, upload_table
 from triton_adam.kernels import common as C
+from triton_adam.kernels import lazy as L
 from triton_adam.kernels import norm as N
 
 
@@ -55,6 +56,7 @@ class DeviceClipper:
         self._partials: torch.Tensor | None = None
         self._tables: tuple[torch.Tensor, ...] = ()
         self._scales: torch.Tensor | None = None
+        self._sparse_passes: list[tuple[Bucket, int, slice]] = []
         self._version = 0  # bumped by invalidate(): part of the tables' key
 
     def add_output(self, mode: int, clip_norm: float) -> int:
@@ -84,17 +86,26 @@ class DeviceClipper:
         ranges: dict[int, list[tuple[int, int]]] = {}
         passes = []
         offset = 0
+        sparse_passes = []
         for bucket, plan in work:
             rows, by_entry = bucket.norm_chunks(plan.active, N.NORM_CHUNK_SIZE)
-            if len(rows) == 0:
-                continue
-            for entry, (start, end) in by_entry.items():
-                ranges.setdefault(entry, []).append((offset + start, offset + end))
-            passes.append((bucket, upload_table(rows, device), slice(offset, offset + len(rows))))
-            offset += len(rows)
+            if len(rows):
+                for entry, (start, end) in by_entry.items():
+                    ranges.setdefault(entry, []).append((offset + start, offset + end))
+                passes.append((bucket, upload_table(rows, device),
+                               slice(offset, offset + len(rows))))
+                offset += len(rows)
+            # Row-sparse (lazy) gradients: each row counts once, after its duplicates are
+            # summed; a fixed number of partials per tensor (its shape decides it).
+            for j, _ in sparse_norm_members(bucket, plan):
+                size = L.sparse_sum_squares_size(tuple(bucket.locals[j].shape))
+                ranges.setdefault(bucket.clip_index[j], []).append((offset, offset + size))
+                sparse_passes.append((bucket, j, slice(offset, offset + size)))
+                offset += size
         segments, outputs = N.finalize_tables(
             [(ranges.get(o + 1, []), mode) for o, (mode, _) in enumerate(self.outputs)], device)
         self._passes = passes
+        self._sparse_passes = sparse_passes
         self._partials = torch.empty(offset, dtype=acc, device=device)
         clip_norms = C.upload(np.asarray([c for _, c in self.outputs], dtype=np.float64),
                               device)
@@ -111,7 +122,8 @@ class DeviceClipper:
         sums of squares are divided by its square before the norms are taken (exact for
         GradScaler's powers of two). The returned buffer is overwritten by the next step.
         """
-        key = (self._version, tuple((id(b), plan.active) for b, plan in work))
+        key = (self._version, tuple((id(b), plan.active, tuple(j for j, _ in plan.sparse))
+                                    for b, plan in work))
         if key != self._key:
             self._rebuild(work)
             self._key = key
@@ -123,6 +135,9 @@ class DeviceClipper:
                     grad_dtype=bucket.grad_dtype,
                     aligned=True,  # each row's address decides, on the device
                     chunk_size=N.NORM_CHUNK_SIZE)
+            for bucket, j, part in self._sparse_passes:
+                grad = dict(_plan_of(work, bucket).sparse)[j]
+                L.sparse_sum_squares_(grad, self._partials[part])
             if grad_scale is not None and len(self._partials):
                 # grad_scale is already on the partials' device (the optimizer moved it).
                 self._partials.mul_(

@@ -311,12 +311,9 @@ class Engine:
         # nothing.
         if refuse_sparse is not None and any(plan.sparse_seen for _, plan in plans):
             raise RuntimeError(refuse_sparse)
-        if (grad_scale is not None or found_inf is not None) \
-                and any(plan.sparse for _, plan in plans):
-            raise NotImplementedError("AMP (grad_scale / found_inf) with sparse gradients "
-                                      "(lazy_mode) is not supported yet; nothing was updated")
         scales = None
-        clipped = [(b, plan) for b, plan in plans if b.clip_scale and any(plan.active)]
+        clipped = [(b, plan) for b, plan in plans
+                   if b.clip_scale and (any(plan.active) or plan.sparse)]
         if clipped:
             # Norm clipping: the norm passes and the finalize run before any update reads a
             # gradient; the updates multiply each gradient by its scale as they read it.

@@ -71,7 +71,7 @@ def adam_step(state: AdamTensorState, grad: torch.Tensor, *, lr: float, beta1: f
 
 
 # ---------------------------------------------------------------------------------------------
-# Sparse gradients (``docs/paddle-compatibility.md`` section 4, with its Decision: the
+# Sparse gradients (``docs/paddle-compatibility.md`` section 4: the
 # section-1 formula of Paddle's GPU kernel for every updated row). Added for the lazy-mode
 # kernel (kernels/lazy.py); the functions above are unchanged.
 # ---------------------------------------------------------------------------------------------
