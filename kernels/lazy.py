@@ -467,14 +467,10 @@ def sparse_adam_update_(
                    lambda: f"{name} must be a floating tensor with one element on "
                    f"{param.device}, got {t.dtype} {tuple(t.shape)} on {t.device}")
 
+    check_launchable(param, grad)
     nnz = indices.shape[1]  # host metadata of the sparse tensor: no sync
-    n_rows = param.shape[0]
-    width = param.numel() // n_rows if n_rows else 0
-    block_w, num_warps = row_block_config(width)
+    n_rows, width, block_w, num_warps = _row_geometry(param.shape)
     col_blocks = max(1, triton.cdiv(width, block_w))
-    _check(nnz <= MAX_GRID_0, lambda: f"grad has {nnz} entries, more than {MAX_GRID_0}")
-    _check(col_blocks <= MAX_GRID_1, lambda: f"rows of {width} elements need {col_blocks} "
-           f"column blocks, more than {MAX_GRID_1}")
     if nnz == 0:
         return False
 
@@ -506,9 +502,7 @@ def check_launchable(param: torch.Tensor, grad: torch.Tensor) -> None:
     """Raise ``ValueError`` when the launch for ``grad`` would exceed the grid's limits (the
     launchers check the same; the optimizer checks it before any launch of a step)."""
     nnz = grad._nnz()
-    n_rows = param.shape[0] if param.dim() else 0
-    width = param.numel() // n_rows if n_rows else 0
-    block_w, _ = row_block_config(width)
+    _, width, block_w, _ = _row_geometry(param.shape)
     col_blocks = max(1, triton.cdiv(width, block_w))
     _check(nnz <= MAX_GRID_0, lambda: f"grad has {nnz} entries, more than {MAX_GRID_0}")
     _check(col_blocks <= MAX_GRID_1, lambda: f"rows of {width} elements need {col_blocks} "

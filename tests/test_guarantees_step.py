@@ -106,7 +106,7 @@ def test_param_storage_replaced_with_the_same_layout_is_followed(multi_tensor):
 # ------------------------------------------------------------------ 2. all-or-nothing
 @MULTI
 @pytest.mark.parametrize("bad", ["grad shape", "grad dtype", "param dtype", "sparse ids",
-                                 "sparse 2-d", "amp with sparse", "grad_scale shape"])
+                                 "sparse 2-d", "found_inf shape", "grad_scale shape"])
 def test_an_error_in_any_bucket_changes_no_bucket(multi_tensor, bad):
     """Three buckets (fp32, fp64, a sparse embedding): the error is in the last one looked at,
     and is raised before the first launch."""
@@ -141,8 +141,8 @@ def test_an_error_in_any_bucket_changes_no_bucket(multi_tensor, bad):
                                                   (6, 3))
     elif bad == "sparse 2-d":
         emb.weight.grad = emb.weight.grad.to_dense().to_sparse(2)
-    elif bad == "amp with sparse":
-        kwargs = dict(grad_scale=torch.ones(1, device=DEVICE))
+    elif bad == "found_inf shape":
+        kwargs = dict(found_inf=torch.zeros(3, device=DEVICE))
     elif bad == "grad_scale shape":
         kwargs = dict(grad_scale=torch.ones(2, device=DEVICE))
     before = _snapshot(opt, params)

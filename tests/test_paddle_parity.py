@@ -6,6 +6,9 @@ every operation but in a different order (Paddle's CPU kernel vs ours, with FMA)
 (~1e-6 relative) per step after 10 steps; atol 1e-7 covers moments near zero. In CUDA mode
 (``tests/devices.py``) both are at least the FMA bound ``devices.FMA_FLOOR``; Paddle runs on the
 CPU and our results are brought back to it.
+
+``test_matches_paddle`` runs the configurations of the shared table (``tests/configs.py``)
+marked ``paddle``, each built by the same builder with either library's classes.
 """
 
 from __future__ import annotations
