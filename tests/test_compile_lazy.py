@@ -57,7 +57,6 @@ def specializations():
     """Every dtype configuration x mode at the widest block with a 16-divisible width (the
     common embedding case), and the other column blocks / odd widths / 64-bit sizes on a few
     modes. Returns (Specialization, info) pairs; info says what the SASS must show."""
-    sys.path.insert(0, str(ROOT / "perf"))
     import compile_check  # noqa: E402  (exits under TRITON_INTERPRET=1: subprocess only)
 
     from triton_adam.kernels import lazy
@@ -124,7 +123,6 @@ def sum_squares_specializations():
     """The sparse sum of squares of a norm clip (``lazy.sparse_sum_squares_``): every values
     dtype with its accumulation dtypes at the widest block, and the other column blocks / odd
     widths on fp32. Returns (Specialization, info) pairs, as ``specializations``."""
-    sys.path.insert(0, str(ROOT / "perf"))
     import compile_check  # noqa: E402
 
     from triton_adam.kernels import lazy
@@ -194,7 +192,7 @@ def _per_element_addresses(code) -> set[int]:
     fixpoint so that the loop's back edge is followed: a may-analysis (union at joins), so it
     can only over-approximate what is per element.
     """
-    import sass  # noqa: E402  (perf/ is on sys.path)
+    import sass  # perf/ is on the path (pyproject: pythonpath)
 
     graph = sass._graph(code)
     summaries = {entry: sass._subroutine_summary(body)
@@ -309,6 +307,10 @@ def main(argv: list[str]) -> int:
 
 def _run_targets() -> list[dict]:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    # The script imports perf/'s tools (pytest puts perf/ on the path; a script needs it
+    # said).
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "perf"), str(ROOT),
+                                                      env.get("PYTHONPATH")]))
     procs = [subprocess.Popen([sys.executable, __file__, "--target", t], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for t in TARGET_NAMES]

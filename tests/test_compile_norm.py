@@ -111,7 +111,6 @@ def _audit(spec, target_name: str, workdir: str) -> dict:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    sys.path.insert(0, str(ROOT / "perf"))
     from sass import audit_cubin, resource_usage, run_tool  # noqa: E402 (perf/ is not a package)
 
     from triton_adam.kernels.adam import FP_FUSION, NUM_WARPS
@@ -202,7 +201,8 @@ def main() -> int:
 
 def test_norm_kernels_compile_and_read_each_gradient_once():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), str(ROOT / "perf"),
+                                                      env.get("PYTHONPATH")]))
     result = subprocess.run([sys.executable, str(pathlib.Path(__file__).resolve())], env=env,
                             capture_output=True, text=True, timeout=1200, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]

@@ -30,8 +30,6 @@ In CUDA mode (``tests/devices.py``) the float tolerances are at least the FMA bo
 
 from __future__ import annotations
 
-import pathlib
-import sys
 import time
 
 import pytest
@@ -43,7 +41,6 @@ from triton_adam.kernels import adam as K
 from triton_adam.kernels import lazy as L
 from test_kernel_adam import MODES  # (amsgrad, l2, l1, decoupled wd, lr_scale)
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 F32_TOL = fma_tol(torch.float32, rtol=1e-5, atol=1e-6)
 TOL = {torch.float64: fma_tol(torch.float64, rtol=1e-12, atol=1e-12), torch.float32: F32_TOL,
@@ -381,7 +378,6 @@ def test_out_of_range_ids_are_skipped_not_written():
 
 def test_launch_makes_no_host_sync_and_one_sort():
     """On a GPU this path must not wait for the device: count syncs and launches."""
-    sys.path.insert(0, str(ROOT / "perf"))
     from counters import DeviceOps, TritonLaunches
 
     t = Table(40, (8,), torch.float32, amsgrad=True, master=False, never=set())

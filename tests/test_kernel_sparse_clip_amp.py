@@ -24,8 +24,6 @@ compute ``1 / grad_scale`` in float32, as the dense kernels do).
 
 from __future__ import annotations
 
-import pathlib
-import sys
 
 import pytest
 import torch
@@ -39,7 +37,6 @@ from test_kernel_adam import MODES  # (amsgrad, l2, l1, decoupled wd, lr_scale)
 from test_kernel_lazy import (BETA1, BETA2, EPS, LRS, TOL, Table, assert_close,
                               assert_rows_unchanged, bits, make_hyper, random_ids, sparse_grad)
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 CLIP_MIN, CLIP_MAX = -0.5, 0.7
 GRAD_SCALE = 512.0  # a power of two, as GradScaler's
@@ -333,7 +330,6 @@ def test_empty_gradient_writes_zero_partials():
 
 
 def test_sparse_sum_squares_makes_no_host_sync():
-    sys.path.insert(0, str(ROOT / "perf"))
     from counters import DeviceOps, TritonLaunches
 
     ids = random_ids(40, 12, set())
