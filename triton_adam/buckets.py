@@ -311,7 +311,7 @@ class Bucket:
             self.locals = [D.local_tensor(p) for p in self.params]
         refs, gptrs, pptrs, params = (self._built_grads, self._built_gptr, self._built_pptr,
                                       self.locals)
-        shapes = self.shapes
+        numels = self.numels
         changed = []
         sparse: list[tuple[int, torch.Tensor]] = []
         sparse_seen = False
@@ -334,12 +334,12 @@ class Bucket:
                 continue
             ref = refs[j]
             p = params[j]
-            # The identity of the gradient and of both storages, and the param's shape: a
-            # param whose data was replaced (another storage, dtype or size; a view of its own
-            # storage with another shape) or a gradient that is not the one the table row
-            # describes is validated again before anything runs.
+            # The identity of the gradient and of both storages, and the param's size: a param
+            # whose data was replaced (another storage, dtype or size; a smaller view of its
+            # own storage) or a gradient that is not the one the table row describes is
+            # validated again (shape included) before anything runs.
             if (ref is None or ref() is not g or g.data_ptr() != gptrs[j]
-                    or p.data_ptr() != pptrs[j] or p.shape != shapes[j]
+                    or p.data_ptr() != pptrs[j] or p.numel() != numels[j]
                     or not g.is_contiguous() or not p.is_contiguous()):
                 out[j] = self._validate(j, g if dgrads is None else dgrads[j])
                 changed.append(j)

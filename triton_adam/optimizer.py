@@ -268,11 +268,16 @@ class _AdamBase:
         steps, which Paddle reads at every step: its ``optimize_attr`` learning rate, its
         regularizer and ``need_clip``. Cheap: three attribute reads per parameter."""
         out = []
+        append = out.append
         for p in self._parameter_list:
-            attr = getattr(p, "optimize_attr", None)
-            reg = getattr(p, "regularizer", None)
-            out.append((attr.get("learning_rate") if attr.__class__ is dict else attr,
-                        reg, getattr(reg, "coeff", None), getattr(p, "need_clip", True)))
+            attrs = p.__dict__  # where a tensor's Python attributes live
+            if not attrs:  # the common case: a parameter with no attribute at all
+                append(None)
+                continue
+            attr = attrs.get("optimize_attr")
+            reg = attrs.get("regularizer")
+            append((attr.get("learning_rate") if attr.__class__ is dict else attr,
+                    reg, getattr(reg, "coeff", None), attrs.get("need_clip", True)))
         return out
 
     def _refresh_options(self) -> None:
