@@ -45,6 +45,7 @@ import triton
 import triton.language as tl
 
 from .common import (  # the layout and configuration are re-exported: the engine reads them here
+    lr_arguments,
     BLOCK_SIZE,
     CHUNK_SIZE,
     CHUNK_INDEX_C,
@@ -203,6 +204,7 @@ def _adam_kernel(
     grad_scale_ptr,  # *f32: AMP loss scale the gradient is divided by (UNSCALE only)
     found_inf_ptr,  # *f32: nonzero = skip this step entirely (SKIP_ON_INF only)
     lr: tl.float64,  # the step's learning rate, exact in float64 (per step: never constexpr)
+    lr_ptr,  # *f64: the learning rate in device memory (LR_ON_DEVICE only, else any pointer)
     n_elements,  # number of elements of the range
     BLOCK: tl.constexpr,  # elements per program
     AMSGRAD: tl.constexpr,  # keep and use moment2_max
@@ -213,13 +215,14 @@ def _adam_kernel(
     MASTER: tl.constexpr,  # read/write fp32 master weights, write the param rounded
     UNSCALE: tl.constexpr,  # divide the gradient by *grad_scale_ptr (AMP)
     SKIP_ON_INF: tl.constexpr,  # change nothing when *found_inf_ptr is set (AMP)
+    LR_ON_DEVICE: tl.constexpr,  # read the learning rate at lr_ptr (capturable steps)
 ):
     compute_dtype = exp_avg_ptr.dtype.element_ty
     pid = tl.program_id(0).to(tl.int64)  # int64: ranges beyond 2^31 elements exist
     block_start = pid * BLOCK
     offs = block_start + tl.arange(0, BLOCK)
     lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd = step_scalars(
-        hyper_ptr, pows_in_ptr, lr, compute_dtype)
+        hyper_ptr, pows_in_ptr, lr, lr_ptr, compute_dtype, LR_ON_DEVICE)
     g_scale, clip_lo, clip_hi = clip_scalars(clip_scale_ptr, hyper_ptr, compute_dtype,
                                               CLIP_SCALE, CLIP_VALUE)
     inv_grad_scale, skip = amp_scalars(grad_scale_ptr, found_inf_ptr, compute_dtype, UNSCALE,
@@ -264,6 +267,7 @@ def _adam_tensor_list_kernel(
     grad_scale_ptr,  # *f32: AMP loss scale the gradients are divided by (UNSCALE only)
     found_inf_ptr,  # *f32: nonzero = skip this step entirely (SKIP_ON_INF only)
     lr: tl.float64,  # the step's learning rate (per step: never constexpr)
+    lr_ptr,  # *f64: the learning rate in device memory (LR_ON_DEVICE only, else any pointer)
     n_tensors,  # rows of the tensor table (every tensor of the bucket, active or not)
     n_chunks,  # rows of the chunk table: programs [0, n_chunks) update elements, the rest pows
     PARAM_DTYPE: tl.constexpr,  # element type behind the param addresses
@@ -279,6 +283,7 @@ def _adam_tensor_list_kernel(
     MASTER: tl.constexpr,
     UNSCALE: tl.constexpr,
     SKIP_ON_INF: tl.constexpr,
+    LR_ON_DEVICE: tl.constexpr,  # read the learning rate at lr_ptr (capturable steps)
 ):
     compute_dtype = exp_avg_ptr.dtype.element_ty
     pid = tl.program_id(0).to(tl.int64)  # int64: chunk-table offsets beyond 2^31 exist
@@ -321,7 +326,8 @@ def _adam_tensor_list_kernel(
         # State offsets are multiples of STATE_ALIGN elements (the bucket pads every region).
         state_offset = tl.multiple_of(tl.load(row + COL_STATE_OFFSET_C), STATE_ALIGN_C)
         lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd = step_scalars(
-            hyper_ptr + t * HYPER_WIDTH_C, pows_in_ptr + t * POW_SLOT_WIDTH_C, lr, compute_dtype)
+            hyper_ptr + t * HYPER_WIDTH_C, pows_in_ptr + t * POW_SLOT_WIDTH_C, lr, lr_ptr,
+            compute_dtype, LR_ON_DEVICE)
         g_scale, clip_lo, clip_hi = clip_scalars(
             clip_scales_ptr + tl.load(row + COL_CLIP_INDEX_C), hyper_ptr + t * HYPER_WIDTH_C,
             compute_dtype, CLIP_SCALE, CLIP_VALUE)
@@ -358,7 +364,8 @@ def _adam_tensor_list_kernel(
 
 def kernel_constexprs(*, amsgrad: bool, coupled_decay: bool, decoupled_decay: bool,
                       clip_scale: bool = False, clip_value: bool = False, master: bool = False,
-                      unscale: bool = False, skip_on_inf: bool = False) -> dict:
+                      unscale: bool = False, skip_on_inf: bool = False,
+                      lr_on_device: bool = False) -> dict:
     """The constexpr arguments of one specialization (shared with the compile check)."""
     return dict(
         BLOCK=BLOCK_SIZE,
@@ -370,6 +377,7 @@ def kernel_constexprs(*, amsgrad: bool, coupled_decay: bool, decoupled_decay: bo
         MASTER=bool(master),
         UNSCALE=bool(unscale),
         SKIP_ON_INF=bool(skip_on_inf),
+        LR_ON_DEVICE=bool(lr_on_device),
     )
 
 
@@ -404,7 +412,7 @@ def adam_update_(
     pows_in: torch.Tensor,
     pows_out: torch.Tensor,
     *,
-    lr: float,
+    lr: float | torch.Tensor,
     coupled_decay: bool,
     decoupled_decay: bool,
     clip_scale: torch.Tensor | None = None,
@@ -426,7 +434,9 @@ def adam_update_(
         hyper: ``HYPER_WIDTH`` values in the compute dtype (the ``HYPER_*`` columns).
         pows_in: at least 2 values ``(beta1_pow, beta2_pow)`` of this step, compute dtype.
         pows_out: receives the advanced pows; must not overlap ``pows_in``.
-        lr: the step's learning rate (a Python float, passed to the kernel as float64).
+        lr: the step's learning rate: a Python float (passed to the kernel as float64), or a
+            one-element float64 tensor on the param's device that the kernel reads
+            (capturable steps).
         coupled_decay: add ``l2 * p + l1 * sign(p)`` to the gradient.
         decoupled_decay: AdamW's ``p -= lr * lr_scale * wd * p``.
         clip_scale: a 1-element float32/float64 tensor on the param's device that multiplies
@@ -474,6 +484,7 @@ def adam_update_(
                f"clip_scale must be a float32/float64 tensor on {param.device}, got "
                f"{clip_scale.dtype} {tuple(clip_scale.shape)} on {clip_scale.device}")
 
+    lr, lr_ptr = lr_arguments(lr, param.device)
     n = param.numel()
     # At least one program, so the pows advance also for an empty tensor.
     grid = (max(1, triton.cdiv(n, BLOCK_SIZE)),)
@@ -486,12 +497,13 @@ def adam_update_(
             master if master is not None else exp_avg,
             grad_scale if grad_scale is not None else hyper,
             found_inf if found_inf is not None else hyper,
-            float(lr), n,
+            lr, lr_ptr if lr_ptr is not None else hyper, n,
             **kernel_constexprs(amsgrad=max_exp_avg_sq is not None, coupled_decay=coupled_decay,
                                 decoupled_decay=decoupled_decay,
                                 clip_scale=clip_scale is not None, clip_value=clip_value,
                                 master=master is not None, unscale=grad_scale is not None,
-                                skip_on_inf=found_inf is not None),
+                                skip_on_inf=found_inf is not None,
+                                lr_on_device=lr_ptr is not None),
             num_warps=NUM_WARPS,
             enable_fp_fusion=FP_FUSION,
         )
@@ -507,7 +519,7 @@ def adam_update_tensor_list_(
     pows_in: torch.Tensor,
     pows_out: torch.Tensor,
     *,
-    lr: float,
+    lr: float | torch.Tensor,
     param_dtype: torch.dtype,
     grad_dtype: torch.dtype,
     aligned: bool,
@@ -536,7 +548,7 @@ def adam_update_tensor_list_(
         hyper: ``[n_tensors, HYPER_WIDTH]`` per-tensor hyper-parameter rows (compute dtype).
         pows_in: ``[n_tensors, POW_SLOT_WIDTH]`` pows of this step; pows_out receives the next
             step's (advanced for active tensors, copied for the others); must not overlap.
-        lr: the step's learning rate (passed as float64).
+        lr: the step's learning rate, as in ``adam_update_`` (a float, or a float64 tensor).
         param_dtype, grad_dtype: the element types behind the table's addresses.
         aligned: use 16-byte vector access on the full blocks of every row whose param and
             grad addresses are multiples of 16 bytes (checked per row, on the device); False
@@ -595,6 +607,7 @@ def adam_update_tensor_list_(
                and clip_scales.dtype in (torch.float32, torch.float64), lambda:
                f"clip_scales must be a 1-D float32/float64 tensor on {device}")
 
+    lr, lr_ptr = lr_arguments(lr, device)
     n_chunks = chunk_table.shape[0]
     if n_tensors == 0:
         return
@@ -607,13 +620,14 @@ def adam_update_tensor_list_(
             master if master is not None else exp_avg,
             grad_scale if grad_scale is not None else hyper,
             found_inf if found_inf is not None else hyper,
-            float(lr), n_tensors, n_chunks,
+            lr, lr_ptr if lr_ptr is not None else hyper, n_tensors, n_chunks,
             **tensor_list_constexprs(param_dtype=param_dtype, grad_dtype=grad_dtype, aligned=aligned,
                                      amsgrad=max_exp_avg_sq is not None,
                                      coupled_decay=coupled_decay, decoupled_decay=decoupled_decay,
                                      clip_scale=clip_scales is not None, clip_value=clip_value,
                                      master=master is not None, unscale=grad_scale is not None,
-                                     skip_on_inf=found_inf is not None),
+                                     skip_on_inf=found_inf is not None,
+                                     lr_on_device=lr_ptr is not None),
             num_warps=NUM_WARPS,
             enable_fp_fusion=FP_FUSION,
         )
@@ -623,7 +637,7 @@ def tensor_list_constexprs(*, param_dtype: torch.dtype, grad_dtype: torch.dtype,
                            amsgrad: bool, coupled_decay: bool, decoupled_decay: bool,
                            clip_scale: bool = False, clip_value: bool = False,
                            master: bool = False, unscale: bool = False,
-                           skip_on_inf: bool = False) -> dict:
+                           skip_on_inf: bool = False, lr_on_device: bool = False) -> dict:
     """The constexpr arguments of one multi-tensor specialization (shared with the compile
     check)."""
     return dict(
@@ -640,4 +654,5 @@ def tensor_list_constexprs(*, param_dtype: torch.dtype, grad_dtype: torch.dtype,
         MASTER=bool(master),
         UNSCALE=bool(unscale),
         SKIP_ON_INF=bool(skip_on_inf),
+        LR_ON_DEVICE=bool(lr_on_device),
     )

@@ -268,3 +268,17 @@ def upload(host: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tenso
     if device.type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor.to(device, non_blocking=True)
+
+
+def lr_arguments(lr: float | torch.Tensor, device: torch.device
+                 ) -> tuple[float, torch.Tensor | None]:
+    """``(lr, lr_ptr)`` of an update launch: a Python float travels as the kernel's float64
+    argument; a one-element float64 tensor on the launch's device is read by the kernel
+    (``LR_ON_DEVICE``), so that every step passes the same arguments, as a CUDA graph replays
+    them."""
+    if isinstance(lr, torch.Tensor):
+        if not (lr.dtype == torch.float64 and lr.numel() == 1 and lr.device == device):
+            raise ValueError(f"a tensor learning rate must be one float64 element on {device}, "
+                             f"got {lr.dtype} {tuple(lr.shape)} on {lr.device}")
+        return 0.0, lr
+    return float(lr), None

@@ -105,6 +105,7 @@ from .common import (
     check_interpretable,
     compute_dtype_for,
     device_guard,
+    lr_arguments,
     round_to,
 )
 from .update import (
@@ -173,6 +174,7 @@ def _lazy_adam_kernel(
     grad_scale_ptr,  # *f32 [1]: AMP loss scale the gradient is divided by (UNSCALE only)
     found_inf_ptr,  # *f32 [1]: nonzero = skip this step entirely (SKIP_ON_INF only)
     lr: tl.float64,  # the step's learning rate (per step: never constexpr)
+    lr_ptr,  # *f64: the learning rate in device memory (LR_ON_DEVICE only, else any pointer)
     nnz,  # entries of the sparse gradient = programs on axis 0 (per step: not specialized)
     n_rows,  # rows of the table: ids outside [0, n_rows) are skipped
     width,  # elements per row (product of param.shape[1:])
@@ -185,6 +187,7 @@ def _lazy_adam_kernel(
     CLIP_VALUE: tl.constexpr,  # clamp it to the hyper row's clip bounds
     UNSCALE: tl.constexpr,  # divide it by *grad_scale_ptr (AMP), before clipping
     SKIP_ON_INF: tl.constexpr,  # change nothing, copy the pows, when *found_inf_ptr
+    LR_ON_DEVICE: tl.constexpr,  # read the learning rate at lr_ptr (capturable steps)
 ):
     compute_dtype = exp_avg_ptr.dtype.element_ty
     k = tl.program_id(0)  # position in the sorted ids
@@ -217,7 +220,7 @@ def _lazy_adam_kernel(
                          CLIP_VALUE)
 
         lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd = step_scalars(
-            hyper_ptr, pows_in_ptr, lr, compute_dtype)
+            hyper_ptr, pows_in_ptr, lr, lr_ptr, compute_dtype, LR_ON_DEVICE)
         # The row's start in every table is an int64 scalar added to each pointer once; the
         # columns are int32 offsets from it (per-element int64 offsets cost registers).
         row_start = row * width
@@ -325,7 +328,7 @@ def row_block_config(width: int) -> tuple[int, int]:
 def lazy_kernel_constexprs(*, block_w: int, amsgrad: bool, coupled_decay: bool,
                            decoupled_decay: bool, master: bool, clip_scale: bool = False,
                            clip_value: bool = False, unscale: bool = False,
-                           skip_on_inf: bool = False) -> dict:
+                           skip_on_inf: bool = False, lr_on_device: bool = False) -> dict:
     """The constexpr arguments of one specialization (shared with the compile check)."""
     return dict(
         BLOCK_W=int(block_w),
@@ -337,6 +340,7 @@ def lazy_kernel_constexprs(*, block_w: int, amsgrad: bool, coupled_decay: bool,
         CLIP_VALUE=bool(clip_value),
         UNSCALE=bool(unscale),
         SKIP_ON_INF=bool(skip_on_inf),
+        LR_ON_DEVICE=bool(lr_on_device),
     )
 
 
@@ -356,7 +360,7 @@ def sparse_adam_update_(
     pows_in: torch.Tensor,
     pows_out: torch.Tensor,
     *,
-    lr: float,
+    lr: float | torch.Tensor,
     coupled_decay: bool,
     decoupled_decay: bool,
     master: torch.Tensor | None = None,
@@ -396,7 +400,8 @@ def sparse_adam_update_(
         hyper: ``HYPER_WIDTH`` values in the compute dtype (the ``HYPER_*`` columns).
         pows_in: at least 2 values ``(beta1_pow, beta2_pow)`` of this step, compute dtype.
         pows_out: receives the advanced pows; must not be ``pows_in``.
-        lr: the step's learning rate (a Python float, passed to the kernel as float64).
+        lr: the step's learning rate: a Python float (passed to the kernel as float64), or a
+            one-element float64 tensor on the param's device that the kernel reads.
         coupled_decay: add ``l2 * p + l1 * sign(p)`` to the present rows' gradient.
         decoupled_decay: AdamW's ``p -= lr * lr_scale * wd * p`` on the present rows.
         master: fp32 master weights of a float16/bfloat16 param (contiguous, same numel), or
@@ -468,6 +473,7 @@ def sparse_adam_update_(
                    f"{param.device}, got {t.dtype} {tuple(t.shape)} on {t.device}")
 
     check_launchable(param, grad)
+    lr, lr_ptr = lr_arguments(lr, param.device)
     nnz = indices.shape[1]  # host metadata of the sparse tensor: no sync
     n_rows, width, block_w, num_warps = _row_geometry(param.shape)
     col_blocks = max(1, triton.cdiv(width, block_w))
@@ -484,13 +490,14 @@ def sparse_adam_update_(
             clip_scale if clip_scale is not None else hyper,
             grad_scale if grad_scale is not None else hyper,
             found_inf if found_inf is not None else hyper,
-            float(lr), nnz, n_rows, width,
+            lr, lr_ptr if lr_ptr is not None else hyper, nnz, n_rows, width,
             **lazy_kernel_constexprs(block_w=block_w, amsgrad=max_exp_avg_sq is not None,
                                      coupled_decay=coupled_decay,
                                      decoupled_decay=decoupled_decay, master=master is not None,
                                      clip_scale=clip_scale is not None, clip_value=clip_value,
                                      unscale=grad_scale is not None,
-                                     skip_on_inf=found_inf is not None),
+                                     skip_on_inf=found_inf is not None,
+                                     lr_on_device=lr_ptr is not None),
             num_warps=num_warps,
             enable_fp_fusion=FP_FUSION,
             **_register_budget(param.device),

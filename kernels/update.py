@@ -49,9 +49,17 @@ __all__ = ["step_scalars", "amp_scalars", "clip_scalars", "prepare_grad", "adam_
 
 
 @triton.jit
-def step_scalars(hyper_row_ptr, pows_in_row_ptr, lr, compute_dtype: tl.constexpr):
+def step_scalars(hyper_row_ptr, pows_in_row_ptr, lr, lr_ptr, compute_dtype: tl.constexpr,
+                 LR_ON_DEVICE: tl.constexpr):
     """The per-tensor scalars of a step, read once per program (shared by every kernel):
-    ``(lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd)``."""
+    ``(lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd)``.
+
+    The learning rate is the float64 argument ``lr``, or with ``LR_ON_DEVICE`` the float64 at
+    ``lr_ptr`` (capturable steps: a CUDA graph replays its launches with the arguments of
+    capture, so a learning rate that changes between replays must be read from memory). The
+    same float64 value gives the same bits either way."""
+    if LR_ON_DEVICE:
+        lr = tl.load(lr_ptr)
     lr_scale = tl.load(hyper_row_ptr + HYPER_LR_SCALE_C)
     beta1 = tl.load(hyper_row_ptr + HYPER_BETA1_C)
     beta2 = tl.load(hyper_row_ptr + HYPER_BETA2_C)

@@ -71,7 +71,7 @@ def _triton_adamw(multi_tensor: bool, clip: bool) -> Callable[[list[torch.Tensor
         import triton_adam
 
         return triton_adam.AdamW(
-            LR, parameters=params, weight_decay=WEIGHT_DECAY, use_multi_tensor=multi_tensor,
+            LR, parameters=params, weight_decay=WEIGHT_DECAY, per_tensor_launches=not multi_tensor,
             grad_clip=triton_adam.ClipGradByGlobalNorm(CLIP_NORM) if clip else None).step
 
     return build

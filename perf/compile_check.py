@@ -78,11 +78,28 @@ def _low_precision_variants() -> list[tuple]:
     return out
 
 
+def _capturable_variants() -> list[tuple]:
+    """Capturable steps (the learning rate read from device memory, ``LR_ON_DEVICE``), in the
+    variant tuple of ``_low_precision_variants``: one more 8-byte load per program, the same
+    bytes per element."""
+    return [(torch.float32, torch.float32, False, False, True, "i32", True, "capturable"),
+            (torch.float32, torch.float32, True, True, False, "i32", False, "capturable"),
+            (torch.float64, torch.float64, False, False, True, "i32", True, "capturable"),
+            (torch.bfloat16, torch.bfloat16, False, False, True, "i32", True,
+             "master amp capturable")]
+
+
+def _mode_words(mp: str | None) -> tuple[bool, bool, bool]:
+    """(master weights, AMP, capturable) of a variant's mode string."""
+    words = set((mp or "").split())
+    return "master" in words, "amp" in words, "capturable" in words
+
+
 def _floor_mode(dtype: torch.dtype, grad: torch.dtype, amsgrad: bool, mp: str | None) -> str:
     """The perf/floors.py row a specialization must meet."""
     if dtype not in (torch.float16, torch.bfloat16):
         return _TRITON_TYPE[dtype] + " amsgrad" * amsgrad
-    kind = "half master" if mp in ("master", "master amp") else "half"
+    kind = "half master" if _mode_words(mp)[0] else "half"
     return kind + (" fp32-grad" if grad == torch.float32 else "") + " amsgrad" * amsgrad
 
 
@@ -103,22 +120,22 @@ def adam_specializations() -> list[Specialization]:
     # Gradient clipping (a norm clip's scale and value bounds, both applied as g is read).
     variants += [(d, d, a, False, False, "i32", True, None)
                  for d in (torch.float32, torch.float64) for a in (False, True)]
-    variants += _low_precision_variants()
+    variants += _low_precision_variants() + _capturable_variants()
     for dtype, grad, amsgrad, coupled, decoupled, n_type, clip, mp in variants:
         p_ty = _TRITON_TYPE[dtype]
         c_ty = _TRITON_TYPE[adam.compute_dtype_for(dtype)]
-        master, amp = mp in ("master", "master amp"), mp == "master amp"
+        master, amp, capturable = _mode_words(mp)
         constexprs = adam.kernel_constexprs(amsgrad=amsgrad, coupled_decay=coupled,
                                             decoupled_decay=decoupled, clip_scale=clip,
                                             clip_value=clip, master=master, unscale=amp,
-                                            skip_on_inf=amp)
+                                            skip_on_inf=amp, lr_on_device=capturable)
         signature = {
             "param_ptr": f"*{p_ty}", "grad_ptr": f"*{_TRITON_TYPE[grad]}",
             "exp_avg_ptr": f"*{c_ty}", "exp_avg_sq_ptr": f"*{c_ty}",
             "max_exp_avg_sq_ptr": f"*{c_ty}", "hyper_ptr": f"*{c_ty}",
             "pows_in_ptr": f"*{c_ty}", "pows_out_ptr": f"*{c_ty}",
             "clip_scale_ptr": f"*{c_ty}", "master_ptr": "*fp32", "grad_scale_ptr": "*fp32",
-            "found_inf_ptr": "*fp32", "lr": "fp64", "n_elements": n_type,
+            "found_inf_ptr": "*fp32", "lr": "fp64", "lr_ptr": "*fp64", "n_elements": n_type,
             **{k: "constexpr" for k in constexprs},
         }
         divisible = tuple(pointer_args) + (("n_elements",) if n_type == "i32" else ())
@@ -157,22 +174,23 @@ def tensor_list_specializations() -> list[Specialization]:
                  for a in (False, True)]
     variants = [(d, d, a, c, w, al, cl, None) for d, a, c, w, al, cl in variants]
     variants += [(d, g, a, c, w, True, cl, mp)
-                 for d, g, a, c, w, _, cl, mp in _low_precision_variants()]
+                 for d, g, a, c, w, _, cl, mp in _low_precision_variants()
+                 + _capturable_variants()]
     pointer_args += ["master_ptr", "grad_scale_ptr", "found_inf_ptr"]
     for dtype, grad, amsgrad, coupled, decoupled, aligned, clip, mp in variants:
         p_ty = _TRITON_TYPE[dtype]
         c_ty = _TRITON_TYPE[adam.compute_dtype_for(dtype)]
-        master, amp = mp in ("master", "master amp"), mp == "master amp"
+        master, amp, capturable = _mode_words(mp)
         constexprs = adam.tensor_list_constexprs(
             param_dtype=dtype, grad_dtype=grad, aligned=bool(aligned), amsgrad=amsgrad,
             coupled_decay=coupled, decoupled_decay=decoupled, clip_scale=clip, clip_value=clip,
-            master=master, unscale=amp, skip_on_inf=amp)
+            master=master, unscale=amp, skip_on_inf=amp, lr_on_device=capturable)
         signature = {
             "tensor_table_ptr": "*i64", "chunk_table_ptr": "*i32", "exp_avg_ptr": f"*{c_ty}",
             "exp_avg_sq_ptr": f"*{c_ty}", "max_exp_avg_sq_ptr": f"*{c_ty}",
             "hyper_ptr": f"*{c_ty}", "pows_in_ptr": f"*{c_ty}", "pows_out_ptr": f"*{c_ty}",
             "clip_scales_ptr": f"*{c_ty}", "master_ptr": "*fp32", "grad_scale_ptr": "*fp32",
-            "found_inf_ptr": "*fp32", "lr": "fp64", "n_tensors": "i32", "n_chunks": "i32",
+            "found_inf_ptr": "*fp32", "lr": "fp64", "lr_ptr": "*fp64", "n_tensors": "i32", "n_chunks": "i32",
             **{k: "constexpr" for k in constexprs},
         }
         mode = " ".join([p_ty] + ([f"grad:{_TRITON_TYPE[grad]}"] if grad != dtype else [])

@@ -109,14 +109,14 @@ def multi_tensor(torch, ta, device: str, steps: int) -> None:
 def amsgrad(torch, ta, device: str, steps: int) -> None:
     for multi in (False, True):
         ps = _params(torch, device)
-        _run(torch, ps, ta.Adam(1e-2, parameters=ps, amsgrad=True, use_multi_tensor=multi),
+        _run(torch, ps, ta.Adam(1e-2, parameters=ps, amsgrad=True, per_tensor_launches=not multi),
              steps)
 
 
 def fp64(torch, ta, device: str, steps: int) -> None:
     for multi in (False, True):
         ps = _params(torch, device, torch.float64)
-        _run(torch, ps, ta.AdamW(1e-2, parameters=ps, amsgrad=multi, use_multi_tensor=multi),
+        _run(torch, ps, ta.AdamW(1e-2, parameters=ps, amsgrad=multi, per_tensor_launches=not multi),
              steps)
 
 
@@ -124,14 +124,14 @@ def bf16_master(torch, ta, device: str, steps: int) -> None:
     for multi in (False, True):
         ps = _params(torch, device, torch.bfloat16)
         _run(torch, ps, ta.Adam(1e-2, parameters=ps, multi_precision=True,
-                                use_multi_tensor=multi), steps)
+                                per_tensor_launches=not multi), steps)
 
 
 def amp_skip(torch, ta, device: str, steps: int) -> None:
     """A scaled fp16 step (master weights), then a step the overflow flag skips entirely."""
     for multi in (False, True):
         ps = _params(torch, device, torch.float16)
-        opt = ta.Adam(1e-2, parameters=ps, multi_precision=True, use_multi_tensor=multi)
+        opt = ta.Adam(1e-2, parameters=ps, multi_precision=True, per_tensor_launches=not multi)
         scale = torch.full((1,), 1024.0, device=device)
         ok, inf = torch.zeros(1, device=device), torch.ones(1, device=device)
         _run(torch, ps, opt, steps, step_kwargs=dict(grad_scale=scale, found_inf=ok))
@@ -151,7 +151,7 @@ def clipping(torch, ta, device: str, steps: int) -> None:
                         (True, ta.ClipGradByNorm(0.1))):
         ps = _params(torch, device)
         ta.set_param_attr(ps[1], need_clip=False)
-        _run(torch, ps, ta.AdamW(1e-2, parameters=ps, grad_clip=clip, use_multi_tensor=multi),
+        _run(torch, ps, ta.AdamW(1e-2, parameters=ps, grad_clip=clip, per_tensor_launches=not multi),
              steps)
 
 
@@ -162,7 +162,7 @@ def lazy_rows(torch, ta, device: str, steps: int) -> None:
         emb = torch.nn.Embedding(50, 1041, sparse=True).to(device)
         dense = torch.nn.Parameter(torch.randn(17, device=device))
         opt = ta.Adam(1e-2, parameters=[emb.weight, dense], lazy_mode=True, amsgrad=True,
-                      use_multi_tensor=multi)
+                      per_tensor_launches=not multi)
         ids = torch.tensor([3, 9, 3, 41, 9, 9, 0, 49], device=device)
         before = [emb.weight.detach().clone(), dense.detach().clone()]
         for _ in range(steps):

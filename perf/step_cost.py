@@ -78,27 +78,32 @@ class Stepper:
     new_grads: bool = False  # every step gets new gradient tensors (zero_grad(set_to_none))
 
 
-# Modes of triton_adam (one launch per tensor, multi-tensor, clipping), then torch's
-# implementations on the same list.
+# Modes of triton_adam (the default path, Paddle's use_multi_tensor=True, clipping,
+# capturable steps, one launch per tensor), then torch's implementations on the same list.
+_CLIP = triton_adam.ClipGradByGlobalNorm
 STEPPERS = [
-    Stepper("triton_adam Adam", lambda ps: triton_adam.Adam(parameters=ps), host_time=True),
+    Stepper("triton_adam Adam (default)", lambda ps: triton_adam.Adam(parameters=ps),
+            host_time=True),
+    Stepper("triton_adam Adam use_multi_tensor=True",
+            lambda ps: triton_adam.Adam(parameters=ps, use_multi_tensor=True), host_time=True),
     Stepper("triton_adam Adam amsgrad",
             lambda ps: triton_adam.Adam(parameters=ps, amsgrad=True), host_time=True),
     Stepper("triton_adam Adam L2Decay",
             lambda ps: triton_adam.Adam(parameters=ps, weight_decay=triton_adam.L2Decay(1e-4)),
             host_time=True),
     Stepper("triton_adam AdamW", lambda ps: triton_adam.AdamW(parameters=ps), host_time=True),
-    Stepper("triton_adam Adam multi-tensor",
-            lambda ps: triton_adam.Adam(parameters=ps, use_multi_tensor=True), host_time=True),
-    Stepper("triton_adam Adam multi-tensor, new grads each step",
-            lambda ps: triton_adam.Adam(parameters=ps, use_multi_tensor=True), host_time=True,
-            new_grads=True),
-    Stepper("triton_adam AdamW multi-tensor amsgrad",
-            lambda ps: triton_adam.AdamW(parameters=ps, use_multi_tensor=True, amsgrad=True),
+    Stepper("triton_adam Adam, new grads each step",
+            lambda ps: triton_adam.Adam(parameters=ps), host_time=True, new_grads=True),
+    Stepper("triton_adam AdamW amsgrad + ClipGradByGlobalNorm",
+            lambda ps: triton_adam.AdamW(parameters=ps, amsgrad=True, grad_clip=_CLIP(1.0)),
             host_time=True),
-    Stepper("triton_adam AdamW multi-tensor + ClipGradByGlobalNorm",
-            lambda ps: triton_adam.AdamW(parameters=ps, use_multi_tensor=True,
-                                         grad_clip=triton_adam.ClipGradByGlobalNorm(1.0)),
+    Stepper("triton_adam Adam capturable",
+            lambda ps: triton_adam.Adam(parameters=ps, capturable=True), host_time=True),
+    Stepper("triton_adam AdamW capturable amsgrad + ClipGradByGlobalNorm",
+            lambda ps: triton_adam.AdamW(parameters=ps, amsgrad=True, grad_clip=_CLIP(1.0),
+                                         capturable=True), host_time=True),
+    Stepper("triton_adam Adam per_tensor_launches=True",
+            lambda ps: triton_adam.Adam(parameters=ps, per_tensor_launches=True),
             host_time=True),
     Stepper("torch Adam for-loop", lambda ps: torch.optim.Adam(ps, foreach=False)),
     Stepper("torch Adam foreach", lambda ps: torch.optim.Adam(ps, foreach=True)),

@@ -8,7 +8,7 @@ gradients are sparse, the learning-rate scheduler, and what the float64 referenc
 that iterate the table:
 
 * ``test_reference.py``: every configuration against the float64 reference, both paths;
-* ``test_multi_tensor.py``: ``use_multi_tensor=True`` bitwise equal to the per-tensor path;
+* ``test_multi_tensor.py``: the bucketed launch bitwise equal to one launch per parameter;
 * ``test_resume.py`` (``resume_worker.py``): a checkpoint resumed in a new process continues
   bit for bit, both paths;
 * ``test_paddle_parity.py``: the configurations marked ``paddle`` against real Paddle;
@@ -165,7 +165,7 @@ class Config:
     """One optimizer configuration and the facts the generic checks need about it.
 
     ``build(lib, params, learning_rate, **kw)`` builds it with ``lib``'s classes (``kw``:
-    ``use_multi_tensor=``, for ours); ``lr``: the learning rate, a float or a scheduler
+    ``per_tensor_launches=``, for ours); ``lr``: the learning rate, a float or a scheduler
     factory ``lr(lib)``; ``dtype``: the parameters' dtype in the generic checks;
     ``attrs(i, param)``: per-parameter attributes (``set_param_attr``) to set before the
     optimizer is built; ``sparse``: gradients are row-sparse (``sparse_grad``), else dense;
@@ -216,7 +216,7 @@ class Config:
         return self.reference.amsgrad
 
 
-# Builders: ``lambda lib, ps, lr, **kw`` (kw: our extensions, e.g. use_multi_tensor).
+# Builders: ``lambda lib, ps, lr, **kw`` (kw: our extensions, e.g. per_tensor_launches).
 def _adam(**options):
     return lambda lib, ps, lr, **kw: lib.optimizer.Adam(lr, parameters=ps, **options, **kw)
 

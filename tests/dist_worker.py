@@ -99,7 +99,7 @@ def loss_of(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.T
 def make_optimizer(named: list[tuple[str, torch.nn.Parameter]], clip: float | None,
                    multi_tensor: bool) -> triton_adam.Adam:
     return triton_adam.Adam(
-        learning_rate=LR, parameters=named, use_multi_tensor=multi_tensor,
+        learning_rate=LR, parameters=named, per_tensor_launches=not multi_tensor,
         grad_clip=None if clip is None else triton_adam.ClipGradByGlobalNorm(clip))
 
 

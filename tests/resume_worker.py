@@ -90,7 +90,7 @@ def make_params(mode: Mode, fill: float | None = None) -> list[torch.Tensor]:
 
 def make_optimizer(mode: Mode, params: list[torch.Tensor]):
     """``(optimizer, scheduler or None)`` of the mode, fresh."""
-    return mode.config.start(params, use_multi_tensor=mode.multi_tensor)
+    return mode.config.start(params, per_tensor_launches=not mode.multi_tensor)
 
 
 def train(mode: Mode, params: list[torch.Tensor], opt, sched, steps: range) -> None:

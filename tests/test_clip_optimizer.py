@@ -63,7 +63,7 @@ def _compare(make_opt, dtypes, seed, multi_tensor, no_clip=(), scale_range=(0.05
     init, grads = _problem(dtypes, seed, scale_range)
     pp, tp = _paddle_params(init, no_clip), _torch_params(init, no_clip)
     popt = make_opt(paddle, pp)
-    topt = make_opt(triton_adam, tp, use_multi_tensor=multi_tensor)
+    topt = make_opt(triton_adam, tp, per_tensor_launches=not multi_tensor)
     for g in grads:
         loss = sum((p * paddle.to_tensor(x)).sum() for p, x in zip(pp, g))
         loss.backward()
@@ -93,7 +93,7 @@ def _compare_reference(clip, multi_tensor, no_clip=(), dtypes=("float64",),
     init, grads = _problem(list(dtypes), seed=8)
     tp = _torch_params(init, no_clip)
     refs = [init_state(p.cpu(), beta1=0.9, beta2=0.999, amsgrad=False) for p in tp]
-    topt = triton_adam.Adam(0.05, parameters=tp, grad_clip=clip, use_multi_tensor=multi_tensor)
+    topt = triton_adam.Adam(0.05, parameters=tp, grad_clip=clip, per_tensor_launches=not multi_tensor)
     for g in grads:
         given = [torch.from_numpy(x.copy()) for x in g]
         for p, x in zip(tp, given):
@@ -254,7 +254,7 @@ def test_inf_gradient_with_clipping_and_the_amp_skip_flag_corrupts_nothing(multi
     AMP's overflow flag set, as GradScaler sets it for such a step, nothing changes at all."""
     init, grads = _problem(["float32"], seed=9)
     tp = _torch_params(init)
-    opt = triton_adam.Adam(0.05, parameters=tp, use_multi_tensor=multi_tensor,
+    opt = triton_adam.Adam(0.05, parameters=tp, per_tensor_launches=not multi_tensor,
                            grad_clip=triton_adam.ClipGradByGlobalNorm(1.0), amsgrad=True)
     for p, x in zip(tp, grads[0]):
         p.grad = torch.from_numpy(x.copy()).to(DEVICE)

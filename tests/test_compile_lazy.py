@@ -79,7 +79,7 @@ def specializations():
             "sorted_rows_ptr": "*i64", "perm_ptr": "*i64", "exp_avg_ptr": f"*{c}",
             "exp_avg_sq_ptr": f"*{c}", "max_exp_avg_sq_ptr": f"*{c}", "hyper_ptr": f"*{c}",
             "pows_in_ptr": f"*{c}", "pows_out_ptr": f"*{c}", "clip_scale_ptr": f"*{c}",
-            "grad_scale_ptr": "*fp32", "found_inf_ptr": "*fp32", "lr": "fp64",
+            "grad_scale_ptr": "*fp32", "found_inf_ptr": "*fp32", "lr": "fp64", "lr_ptr": "*fp64",
             "nnz": int_type, "n_rows": int_type, "width": "i32",
             **{k: "constexpr" for k in constexprs},
         }

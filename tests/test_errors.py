@@ -90,7 +90,7 @@ def test_adamw_weight_decay_that_is_no_number(value, words):
 @pytest.mark.parametrize("multi_tensor", [False, True])
 def test_amp_tensor_on_the_meta_device(which, multi_tensor):
     params = make_params()
-    opt = triton_adam.Adam(0.01, parameters=params, use_multi_tensor=multi_tensor)
+    opt = triton_adam.Adam(0.01, parameters=params, per_tensor_launches=not multi_tensor)
     set_grads(params)
     opt.step()
     set_grads(params, seed=2)

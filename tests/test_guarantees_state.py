@@ -60,7 +60,7 @@ def make_run(steps=2, seed=0, amsgrad=True, multi_tensor=False, schedule=True, n
     params = make_params(names, dtypes, seed)
     sched = triton_adam.lr.StepDecay(0.01, step_size=1, gamma=0.5) if schedule else 0.01
     opt = triton_adam.Adam(sched, parameters=params, amsgrad=amsgrad, multi_precision=True,
-                           use_multi_tensor=multi_tensor, **kw)
+                           per_tensor_launches=not multi_tensor, **kw)
     for s in range(steps):
         step(opt, params, seed * 100 + s)
         if schedule:

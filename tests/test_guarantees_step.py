@@ -63,7 +63,7 @@ def test_param_replaced_by_another_layout_is_refused_then_works_once_restored(mu
                                                                             change):
     params = _params()
     opt = triton_adam.Adam(0.01, parameters=[("a", params[0]), ("b", params[1]),
-                                             ("c", params[2])], use_multi_tensor=multi_tensor)
+                                             ("c", params[2])], per_tensor_launches=not multi_tensor)
     _grads(params, 0)
     opt.step()
     original = params[1].data
@@ -90,8 +90,8 @@ def test_param_storage_replaced_with_the_same_layout_is_followed(multi_tensor):
     """``p.data = t`` with the same shape and dtype (a module re-initialised in place of its
     tensors): the step updates the new storage, exactly as a fresh copy would be."""
     a, b = _params(), _params()
-    oa = triton_adam.Adam(0.01, parameters=a, use_multi_tensor=multi_tensor)
-    ob = triton_adam.Adam(0.01, parameters=b, use_multi_tensor=multi_tensor)
+    oa = triton_adam.Adam(0.01, parameters=a, per_tensor_launches=not multi_tensor)
+    ob = triton_adam.Adam(0.01, parameters=b, per_tensor_launches=not multi_tensor)
     for step in range(3):
         _grads(a, step)
         _grads(b, step)
@@ -114,7 +114,7 @@ def test_an_error_in_any_bucket_changes_no_bucket(multi_tensor, bad):
     p64 = _params(torch.float64, shapes=[(9,)], seed=1)
     emb = torch.nn.Embedding(6, 3, sparse=True).to(DEVICE)
     params = p32 + p64 + [emb.weight]
-    opt = triton_adam.Adam(0.01, parameters=params, use_multi_tensor=multi_tensor,
+    opt = triton_adam.Adam(0.01, parameters=params, per_tensor_launches=not multi_tensor,
                            lazy_mode=True)
 
     def grads():
@@ -159,7 +159,7 @@ def test_non_contiguous_sparse_values_just_work(multi_tensor):
         w = torch.randn(7, 4, generator=torch.Generator().manual_seed(0)).to(DEVICE)
         w.requires_grad_()
         opt = triton_adam.Adam(0.01, parameters=[w], lazy_mode=True,
-                               use_multi_tensor=multi_tensor)
+                               per_tensor_launches=not multi_tensor)
         values = torch.randn(4, 3, generator=torch.Generator().manual_seed(1)).to(DEVICE)
         values = values.t() if not contiguous else values.t().contiguous()
         assert values.is_contiguous() is contiguous
@@ -175,7 +175,7 @@ def test_non_contiguous_sparse_values_just_work(multi_tensor):
 def _master_opt(multi_tensor, dtype=torch.bfloat16):
     params = _params(dtype)
     opt = triton_adam.Adam(0.01, parameters=params, multi_precision=True,
-                           use_multi_tensor=multi_tensor)
+                           per_tensor_launches=not multi_tensor)
     return params, opt
 
 
@@ -207,7 +207,7 @@ def test_a_param_written_from_outside_is_the_next_steps_starting_point(multi_ten
     # Twin: a fresh optimizer's state with its master set to the written value.
     twin_params = [p.detach().clone().requires_grad_() for p in params]
     twin = triton_adam.Adam(0.01, parameters=twin_params, multi_precision=True,
-                            use_multi_tensor=multi_tensor)
+                            per_tensor_launches=not multi_tensor)
     state = opt.state_dict()
     state = {k: (v.clone() if isinstance(v, torch.Tensor) else
                  {n: t.clone() for n, t in v.items()}) for k, v in state.items()}
@@ -244,7 +244,7 @@ def test_loaded_master_weights_win_over_a_model_loaded_just_before(multi_tensor)
     # A run that never stopped from the checkpoint
     ref_params = [s.clone().requires_grad_() for s in saved_params]
     ref = triton_adam.Adam(0.01, parameters=ref_params, multi_precision=True,
-                           use_multi_tensor=multi_tensor)
+                           per_tensor_launches=not multi_tensor)
     ref.set_state_dict(saved)
     _grads(ref_params, 2)
     ref.step()
@@ -260,7 +260,7 @@ def test_backward_through_a_graph_that_saved_a_param_before_the_step_raises(mult
     dtype = torch.bfloat16 if master else torch.float32
     params = _params(dtype)
     opt = triton_adam.Adam(0.01, parameters=params, multi_precision=master,
-                           use_multi_tensor=multi_tensor)
+                           per_tensor_launches=not multi_tensor)
     x = torch.randn(params[1].shape, dtype=dtype, device=DEVICE, requires_grad=True)
     loss = (params[1] * x).sum()  # saves params[1] for x's gradient
     _grads(params, 0)
@@ -279,7 +279,7 @@ def test_backward_through_a_graph_that_saved_a_param_before_the_step_raises(mult
 @MULTI
 def test_state_tensors_of_state_dict_see_the_kernels_writes(multi_tensor):
     params = _params()
-    opt = triton_adam.Adam(0.01, parameters=params, use_multi_tensor=multi_tensor)
+    opt = triton_adam.Adam(0.01, parameters=params, per_tensor_launches=not multi_tensor)
     _grads(params, 0)
     opt.step()
     m = opt.state_dict()["param_0_moment1_0"]
@@ -361,7 +361,7 @@ def test_random_bad_input_to_step_works_or_changes_nothing(data):
     shapes = [(5, 3), (17,), (2, 2)]
     params = _params(dtype, shapes=shapes)
     opt = triton_adam.AdamW(0.01, parameters=params, multi_precision=master,
-                            use_multi_tensor=multi_tensor, amsgrad=data.draw(st.booleans()),
+                            per_tensor_launches=not multi_tensor, amsgrad=data.draw(st.booleans()),
                             grad_clip=data.draw(st.sampled_from(
                                 [None, triton_adam.ClipGradByGlobalNorm(1.0),
                                  triton_adam.ClipGradByValue(0.5)])))

@@ -41,7 +41,7 @@ def test_lazy_mode_updates_only_present_rows(dtype, multi_tensor):
     emb = torch.nn.Embedding(23, 17, sparse=True).to(dtype).to(DEVICE)
     dense = torch.nn.Parameter(torch.randn(5, dtype=dtype).to(DEVICE))  # a dense param beside it
     opt = triton_adam.Adam(0.05, parameters=[emb.weight, dense], lazy_mode=True, amsgrad=True,
-                           use_multi_tensor=multi_tensor)
+                           per_tensor_launches=not multi_tensor)
     ref_e = init_state(emb.weight.cpu(), beta1=0.9, beta2=0.999, amsgrad=True)
     ref_d = init_state(dense.cpu(), beta1=0.9, beta2=0.999, amsgrad=True)
     hyper = dict(lr=0.05, beta1=0.9, beta2=0.999, epsilon=1e-8)
@@ -73,8 +73,8 @@ def test_lazy_mode_false_equals_the_dense_update_of_the_densified_gradient(multi
     torch.manual_seed(1)
     emb = torch.nn.Embedding(11, 4, sparse=True).double().to(DEVICE)
     twin = torch.nn.Parameter(emb.weight.detach().clone())
-    opt = triton_adam.Adam(0.05, parameters=[emb.weight], use_multi_tensor=multi_tensor)
-    opt_twin = triton_adam.Adam(0.05, parameters=[twin], use_multi_tensor=multi_tensor)
+    opt = triton_adam.Adam(0.05, parameters=[emb.weight], per_tensor_launches=not multi_tensor)
+    opt_twin = triton_adam.Adam(0.05, parameters=[twin], per_tensor_launches=not multi_tensor)
     for step in range(3):
         _embedding_grad(emb, _ids(step, 11), seed=step)
         twin.grad = emb.weight.grad.to_dense()
@@ -170,7 +170,7 @@ def test_sparse_member_of_a_multi_tensor_bucket_matches_per_tensor():
         emb = torch.nn.Embedding(10, 6, sparse=True).to(DEVICE)
         lin = torch.nn.Linear(6, 3).to(DEVICE)
         opt = triton_adam.Adam(0.05, parameters=[emb.weight, *lin.parameters()],
-                               lazy_mode=True, use_multi_tensor=multi)
+                               lazy_mode=True, per_tensor_launches=not multi)
         for step in range(4):
             ids = _ids(step, 10)
             if step == 2:  # only the embedding gets a gradient this step

@@ -34,7 +34,7 @@ def _run(make_opt, change, multi_tensor, seed, monkeypatch):
     init, grads = random_problem("float64", seed=seed, steps=STEPS)
     pp, tp = _params(paddle, init), _params(triton_adam, init)
     popt = make_opt(paddle, pp)
-    topt = make_opt(triton_adam, tp, use_multi_tensor=multi_tensor)
+    topt = make_opt(triton_adam, tp, per_tensor_launches=not multi_tensor)
     syncs: list[str] = []
     for step, g in enumerate(grads):
         if step == CHANGE_AT:
@@ -134,7 +134,7 @@ def test_nothing_changed_uploads_nothing(multi_tensor, monkeypatch):
     from triton_adam.kernels import common
 
     params = [torch.randn(17, device=DEVICE, requires_grad=True) for _ in range(3)]
-    opt = triton_adam.Adam(0.01, parameters=params, use_multi_tensor=multi_tensor)
+    opt = triton_adam.Adam(0.01, parameters=params, per_tensor_launches=not multi_tensor)
     for p in params:
         p.grad = torch.randn_like(p)
     opt.step()

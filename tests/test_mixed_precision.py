@@ -58,7 +58,7 @@ def test_master_weights_against_the_reference(dtype, grad_kind, multi_tensor):
     grad_dtype = dtype if grad_kind == "same" else torch.float32
     grads = _grads(params, grad_dtype)
     opt = triton_adam.AdamW(0.01, parameters=params, multi_precision=True, amsgrad=True,
-                            weight_decay=0.1, use_multi_tensor=multi_tensor)
+                            weight_decay=0.1, per_tensor_launches=not multi_tensor)
     refs = [init_state(p.cpu(), beta1=0.9, beta2=0.999, amsgrad=True) for p in params]
     for step_grads in grads:
         _set_grads(params, step_grads)
@@ -157,7 +157,7 @@ def _amp_run(bad_step: int | None, skip_step: int | None, monkeypatch=None, mult
     w1 = (torch.randn(8, 16, generator=gen) * 0.3).half().to(DEVICE).requires_grad_()
     w2 = (torch.randn(16, 3, generator=gen) * 0.3).half().to(DEVICE).requires_grad_()
     opt = triton_adam.Adam(1e-2, parameters=[w1, w2], multi_precision=True,
-                           use_multi_tensor=multi)
+                           per_tensor_launches=not multi)
     scaler = torch.amp.GradScaler(DEVICE.type, init_scale=2.0 ** 8, growth_interval=1000)
     syncs: list[str] = []
     original_step = opt.step

@@ -1,4 +1,4 @@
-"""``use_multi_tensor=True``: one launch per bucket, bitwise equal to one launch per parameter.
+"""The bucketed launch (every step's default), bitwise equal to one launch per parameter.
 
 Both paths run the same ``_adam_math`` with the same per-bucket decay switches, so on the same
 inputs they must agree bit for bit (``torch.equal``), on params and on every accumulator. The
@@ -78,7 +78,7 @@ def _train(name, multi_tensor, clear, none=()):
     config = CONFIGS[name]
     params = _params((config.dtype,))
     config.set_attrs(params)
-    opt, sched = config.start(params, use_multi_tensor=multi_tensor)
+    opt, sched = config.start(params, per_tensor_launches=not multi_tensor)
     for step_grads in _config_grads(config, params, STEPS, none=none):
         for p, g in zip(params, step_grads):
             if g is None:
@@ -155,7 +155,7 @@ def test_mixed_dtypes_are_two_buckets_and_match_the_reference():
 
 def _train_reference_path(dtypes, grads):
     params = _params(dtypes)
-    opt = triton_adam.Adam(0.01, parameters=params)
+    opt = triton_adam.Adam(0.01, parameters=params, per_tensor_launches=True)
     for step_grads in grads:
         for p, g in zip(params, step_grads):
             p.grad = g
@@ -185,7 +185,7 @@ def test_one_launch_per_bucket_whatever_the_number_of_tensors_and_groups():
 def _pair(config="adam"):
     """The same params in two optimizers: per-tensor and multi-tensor."""
     a, b = _params(), _params()
-    return (a, CONFIGS[config].make(a, use_multi_tensor=False),
+    return (a, CONFIGS[config].make(a, per_tensor_launches=True),
             b, CONFIGS[config].make(b, use_multi_tensor=True))
 
 
@@ -243,7 +243,7 @@ def test_unaligned_view_beside_aligned_members_is_decided_per_row(monkeypatch):
     a = [base_a[1:1500].requires_grad_(), torch.randn(17, device=DEVICE, requires_grad=True)]
     b = [base_b[1:1500].requires_grad_(), a[1].detach().clone().requires_grad_()]
     assert a[0].data_ptr() % 16 != 0
-    oa = triton_adam.Adam(0.01, parameters=a)
+    oa = triton_adam.Adam(0.01, parameters=a, per_tensor_launches=True)
     ob = triton_adam.Adam(0.01, parameters=b, use_multi_tensor=True)
     seen = []
     original = K.adam_update_tensor_list_
@@ -325,7 +325,7 @@ def test_a_parameter_unfrozen_later_joins_a_new_bucket():
     ref = _params()
     ref[2].requires_grad_(False)
     opt = triton_adam.Adam(0.01, parameters=params, use_multi_tensor=True)
-    opt_ref = triton_adam.Adam(0.01, parameters=ref)
+    opt_ref = triton_adam.Adam(0.01, parameters=ref, per_tensor_launches=True)
     for step, grads in enumerate(_grads(params, 4)):
         if step == 2:
             params[2].requires_grad_(True)

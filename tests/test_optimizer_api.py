@@ -340,7 +340,7 @@ def test_step_makes_no_host_sync(monkeypatch, kwargs, multi_tensor):
     params = make_params(3)
     sched = triton_adam.lr.StepDecay(0.1, step_size=1)
     kwargs = {k: v.to(DEVICE) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
-    opt = triton_adam.Adam(sched, parameters=params, use_multi_tensor=multi_tensor, **kwargs)
+    opt = triton_adam.Adam(sched, parameters=params, per_tensor_launches=not multi_tensor, **kwargs)
     calls = []
     count_host_syncs(monkeypatch, calls)
     for _ in range(3):

@@ -87,7 +87,7 @@ def test_matches_paddle(config, dtype, multi_tensor):
     pp = paddle_params(init)
     popt = CONFIGS[config].make(pp, lib=PADDLE)
     tp = torch_params(init)
-    topt = CONFIGS[config].make(tp, use_multi_tensor=multi_tensor)
+    topt = CONFIGS[config].make(tp, per_tensor_launches=not multi_tensor)
     for step, g in enumerate(grads):
         if step == 4:  # a learning-rate change mid-run, as a user's schedule would make
             popt.set_lr(popt.get_lr() * 0.5)

@@ -47,7 +47,7 @@ def _run(make_params, make_opt, multi_tensor: bool, seed: int, grads_none=()):
     init, grads = random_problem("float64", seed=seed, steps=STEPS)
     pp, tp = make_params(paddle, init), make_params(triton_adam, init)
     popt = make_opt(paddle, pp)
-    topt = make_opt(triton_adam, tp, use_multi_tensor=multi_tensor)
+    topt = make_opt(triton_adam, tp, per_tensor_launches=not multi_tensor)
     for step, g in enumerate(grads):
         active = [i for i in range(len(init)) if (step, i) not in grads_none]
         loss = sum((pp[i] * paddle.to_tensor(g[i])).sum() for i in active)

@@ -50,7 +50,7 @@ def test_triton_launches_counts_and_can_skip_the_kernel():
 def test_step_cost_reduced(tmp_path):
     out = tmp_path / "step_cost.json"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "perf" / "step_cost.py"), "--steps", "2", "--shrink", "4",
+        [sys.executable, str(ROOT / "perf" / "step_cost.py"), "--steps", "5", "--shrink", "4",
          "--json", str(out)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     rows = json.loads(out.read_text())
@@ -59,19 +59,27 @@ def test_step_cost_reduced(tmp_path):
     for r in rows:
         assert r["tensors"] == expected[r["model"]]
         assert r["syncs"] == 0, r
-        if r["optimizer"].startswith("triton_adam") and "Clip" in r["optimizer"]:
-            # the norm pass, the finalize and the update: three launches, no aten op
-            assert r["triton_launches"] == 3 and r["aten_launches"] == 0, r
-            assert r["host_ms"] > 0
-        elif r["optimizer"].startswith("triton_adam") and "multi-tensor" in r["optimizer"]:
-            # one launch for the whole (single-dtype) list, and no aten op
-            assert r["triton_launches"] == 1 and r["aten_launches"] == 0, r
-            assert r["host_ms"] > 0
-        elif r["optimizer"].startswith("triton_adam"):
-            # one launch per parameter with a gradient
-            assert r["triton_launches"] == r["tensors"] and r["aten_launches"] == 0, r
-            assert r["host_ms"] > 0
+        name = r["optimizer"]
+        if not name.startswith("triton_adam"):
+            continue
+        assert r["host_ms"] > 0
+        # capturable steps copy the advanced pows back into the slot every step reads: one
+        # aten copy per bucket; nothing else launches an aten operation
+        assert r["aten_launches"] == ("capturable" in name), r
+        if "per_tensor_launches" in name:
+            assert r["triton_launches"] == r["tensors"], r  # one launch per parameter
+        elif "Clip" in name:
+            assert r["triton_launches"] == 3, r  # the norm pass, the finalize, the update
         else:
+            assert r["triton_launches"] == 1, r  # one launch for the whole list
+    for model in expected:
+        # the default path costs the host about what Paddle's use_multi_tensor=True does
+        # (the same path: the bound leaves room for a noisy shared machine)
+        cost = {r["optimizer"]: r["host_us_per_tensor"] for r in rows if r["model"] == model}
+        assert cost["triton_adam Adam (default)"] <= 2 * cost[
+            "triton_adam Adam use_multi_tensor=True"], cost
+    for r in rows:
+        if not r["optimizer"].startswith("triton_adam"):
             assert r["triton_launches"] == 0 and r["aten_launches"] > 0, r
     loop = {r["model"]: r["launches"] for r in rows if r["optimizer"] == "torch Adam for-loop"}
     assert all(loop[m] > expected[m] for m in expected)  # several launches per tensor
@@ -89,7 +97,7 @@ def test_multi_tensor_host_time_is_a_small_per_tensor_check():
         ps = [torch.nn.Parameter(torch.randn(8, device=DEVICE)) for _ in range(n)]
         for p in ps:
             p.grad = torch.randn(8, device=DEVICE)
-        opt = triton_adam.Adam(parameters=ps, use_multi_tensor=multi)
+        opt = triton_adam.Adam(parameters=ps, per_tensor_launches=not multi)
         with TritonLaunches(execute=False) as launches:
             opt.step()
             times = []

@@ -63,7 +63,7 @@ def test_matches_the_float64_reference(name, multi_tensor):
     init, grads = _problem(config)
     params = [t.to(DEVICE).requires_grad_() for t in init]
     config.set_attrs(params)
-    opt, sched = config.start(params, use_multi_tensor=multi_tensor)
+    opt, sched = config.start(params, per_tensor_launches=not multi_tensor)
     ref_sched = config.scheduler()
     hypers = [spec.hyper(i, p) for i, p in enumerate(init)]
     refs = [init_state(p, beta1=h["beta1"], beta2=h["beta2"], amsgrad=spec.amsgrad)

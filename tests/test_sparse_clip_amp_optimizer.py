@@ -45,7 +45,7 @@ def _run(clip, multi_tensor, lazy=True, amp=None):
     w = table.clone().to(DEVICE).requires_grad_()
     d = dense.clone().to(DEVICE).requires_grad_()
     opt = triton_adam.Adam(0.05, parameters=[w, d], grad_clip=clip, lazy_mode=lazy,
-                           use_multi_tensor=multi_tensor, **HYPER)
+                           per_tensor_launches=not multi_tensor, **HYPER)
     for step, (ids, values, g) in enumerate(steps):
         scale = 1.0 if amp is None else amp[step]
         w.grad = torch.sparse_coo_tensor(ids, values * scale, (N_ROWS, WIDTH)).to(DEVICE)
@@ -129,7 +129,7 @@ def test_amp_overflow_with_a_sparse_gradient_changes_nothing(multi_tensor, lazy)
     w = table.clone().to(DEVICE).requires_grad_()
     d = dense.clone().to(DEVICE).requires_grad_()
     opt = triton_adam.Adam(0.05, parameters=[w, d], lazy_mode=lazy,
-                           use_multi_tensor=multi_tensor)
+                           per_tensor_launches=not multi_tensor)
     ids, values, g = steps[0]
     w.grad = torch.sparse_coo_tensor(ids, values, (N_ROWS, WIDTH)).to(DEVICE)
     d.grad = g.to(DEVICE)
@@ -153,9 +153,9 @@ def test_densified_sparse_gradient_is_clipped_as_its_dense_twin(multi_tensor):
     a = [table.clone().to(DEVICE).requires_grad_(), dense.clone().to(DEVICE).requires_grad_()]
     b = [table.clone().to(DEVICE).requires_grad_(), dense.clone().to(DEVICE).requires_grad_()]
     oa = triton_adam.Adam(0.05, parameters=a, grad_clip=triton_adam.ClipGradByGlobalNorm(0.5),
-                          use_multi_tensor=multi_tensor)
+                          per_tensor_launches=not multi_tensor)
     ob = triton_adam.Adam(0.05, parameters=b, grad_clip=triton_adam.ClipGradByGlobalNorm(0.5),
-                          use_multi_tensor=multi_tensor)
+                          per_tensor_launches=not multi_tensor)
     for ids, values, g in steps:
         sparse = torch.sparse_coo_tensor(ids, values, (N_ROWS, WIDTH)).to(DEVICE)
         a[0].grad, a[1].grad = sparse, g.to(DEVICE)

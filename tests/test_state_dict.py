@@ -127,7 +127,7 @@ def trained(config="adam", steps=2, multi_tensor=False, dtype="float32", seed=0,
     init, grads = random_problem(dtype, seed=seed, steps=steps + 2)
     names = [f"layer{i}.w" for i in range(len(init))]
     params = torch_params(init, names)
-    opt, sched = make_opt(triton_adam, config, params, use_multi_tensor=multi_tensor)
+    opt, sched = make_opt(triton_adam, config, params, per_tensor_launches=not multi_tensor)
     torch_train(params, opt, sched, grads[:steps], skip=set(skip))
     return params, opt, sched, names, grads[steps:]
 
@@ -135,7 +135,7 @@ def trained(config="adam", steps=2, multi_tensor=False, dtype="float32", seed=0,
 def fresh_like(params, names, config="adam", multi_tensor=False):
     """A fresh optimizer over copies of ``params`` (same names)."""
     copies = torch_params([to_numpy(p).copy() for p in params], names)
-    opt, sched = make_opt(triton_adam, config, copies, use_multi_tensor=multi_tensor)
+    opt, sched = make_opt(triton_adam, config, copies, per_tensor_launches=not multi_tensor)
     return copies, opt, sched
 
 

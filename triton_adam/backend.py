@@ -42,26 +42,29 @@ def check_runnable(tensor: torch.Tensor, what: str) -> None:
                        "tensors (and on CPU tensors under TRITON_INTERPRET=1)")
 
 
-def check_not_capturing(devices: Iterable[torch.device]) -> None:
-    """Refuse a step while a CUDA graph is being captured on the current device or on one of
-    ``devices`` (the parameters').
-
-    A captured step would replay with this step's learning rate and beta-pow slot baked in
-    (both are host values chosen at launch): silently wrong from the second replay on. Costs
-    nothing when CUDA was never initialised (then nothing can be capturing)."""
+def capturing(devices: Iterable[torch.device]) -> bool:
+    """Whether a CUDA graph is being captured on the current stream of the current device or
+    of one of ``devices`` (the parameters'). Costs nothing when CUDA was never initialised
+    (then nothing can be capturing)."""
     if not torch.cuda.is_initialized():
-        return
-    where = [None] + sorted({d for d in devices if d.type == "cuda"}, key=str)
-    for device in where:
-        if device is None:
-            capturing = torch.cuda.is_current_stream_capturing()
-        else:
-            with torch.cuda.device(device):
-                capturing = torch.cuda.is_current_stream_capturing()
-        if capturing:
-            raise RuntimeError(
-                f"step() called while a CUDA graph is being captured"
-                f"{'' if device is None else f' on {device}'}: this step is not capturable "
-                "(its learning rate and beta-pow slot are host values, and a replay would "
-                "repeat them). Run the optimizer step outside the captured region; nothing "
-                "was updated")
+        return False
+    if torch.cuda.is_current_stream_capturing():
+        return True
+    for device in {d for d in devices if d.type == "cuda"}:
+        with torch.cuda.device(device):
+            if torch.cuda.is_current_stream_capturing():
+                return True
+    return False
+
+
+def check_not_capturing(devices: Iterable[torch.device]) -> None:
+    """Refuse a step of a non-capturable optimizer while a CUDA graph is being captured.
+
+    Its launches take the learning rate as a host value and choose the beta-pow slot on the
+    host: a replay would repeat both, silently wrong from the second replay on."""
+    if capturing(devices):
+        raise RuntimeError(
+            "step() called while a CUDA graph is being captured, by an optimizer built without "
+            "capturable=True: its learning rate and beta-pow slot are host values, and a "
+            "replay would repeat them. Build it with capturable=True, or run the step outside "
+            "the captured region; nothing was updated")

@@ -99,7 +99,7 @@ class Bucket:
 
     def __init__(self, params: Sequence[torch.Tensor], configs: Sequence[MemberConfig], *,
                  amsgrad: bool, multi_tensor: bool, grad_dtype: torch.dtype | None = None,
-                 multi_precision: bool = False) -> None:
+                 multi_precision: bool = False, capturable: bool = False) -> None:
         if not params:
             raise ValueError("a bucket needs at least one parameter")
         self.params = list(params)  # what the user holds: .grad, .requires_grad, names
@@ -118,6 +118,8 @@ class Bucket:
         self.has_master = multi_precision and self.param_dtype in K.LOW_PRECISION
         self.amsgrad = amsgrad
         self.multi_tensor = multi_tensor
+        # Capturable: every step passes the same launch arguments (see ``launch``).
+        self.capturable = capturable
         self._derive()
 
         n = len(self.params)
@@ -149,7 +151,9 @@ class Bucket:
             pows[:, j, 1] = c.hyper[K.HYPER_BETA2]
         self.pows = C.upload(pows, dev)
         # The current pow slot: one for the whole bucket with multi-tensor launches (the
-        # kernel writes every member's pows), one per member otherwise.
+        # kernel writes every member's pows), one per member otherwise. Capturable buckets
+        # always read slot 0 and copy the advanced pows back into it after the update (one
+        # small device copy), so that a replayed step reads and writes the same addresses.
         self.slot = 0
         self.slots = None if multi_tensor else [0] * n
 
@@ -190,14 +194,19 @@ class Bucket:
         rows = torch.tensor([c.hyper for c in self.configs], dtype=self.compute_dtype)
         return C.upload(rows, self.device)
 
-    def _tensor_hyper_rows(self) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
-        """Tensor-valued betas/epsilon: (column, tensor, member rows) refreshed every step with
-        one device copy per (tensor, column), never a host read."""
+    def _tensor_hyper_rows(self) -> list[tuple[int, torch.Tensor, torch.Tensor,
+                                               torch.Tensor | None]]:
+        """Tensor-valued betas/epsilon: (column, tensor, member rows, conversion buffer)
+        refreshed every step with one device copy per (tensor, column) (two when the tensor's
+        dtype is not the compute dtype: it is converted into a buffer of its own, not a new
+        allocation per step), never a host read."""
         groups: dict[tuple[int, int], tuple[int, torch.Tensor, list[int]]] = {}
         for j, c in enumerate(self.configs):
             for col, t in c.tensor_hypers.items():
                 groups.setdefault((col, id(t)), (col, t, []))[2].append(j)
-        return [(col, t, C.upload(np.asarray(rows, dtype=np.int64), self.device))
+        return [(col, t, C.upload(np.asarray(rows, dtype=np.int64), self.device),
+                 None if t.dtype == self.compute_dtype
+                 else torch.empty(1, dtype=self.compute_dtype, device=self.device))
                 for col, t, rows in groups.values()]
 
     def set_configs(self, members: dict[int, MemberConfig]) -> None:
@@ -218,6 +227,33 @@ class Bucket:
     # ------------------------------------------------------------------------------ state
     def current_slot(self, j: int) -> int:
         return self.slot if self.slots is None else self.slots[j]
+
+    def capture_blockers(self, plan: StepPlan) -> list[str]:
+        """What in ``plan`` a step being captured in a CUDA graph cannot do (the work would
+        be recorded once and replayed, or would upload host data): an empty list when the
+        step only launches with the arguments of the last step."""
+        def named(members: Sequence[int]) -> str:
+            names = [self.configs[j].what for j in members[:3]]
+            return ", ".join(names) + (f" and {len(members) - 3} more" if len(members) > 3
+                                       else "")
+
+        why = []
+        if plan.created:
+            why.append(f"{named(plan.created)} would get its first step (state is created "
+                       "and initialised by an eager step)")
+        if plan.changed:
+            why.append(f"{named(plan.changed)} has a gradient tensor (or a parameter storage) "
+                       "other than at the last step, so the launch tables would be rebuilt")
+        if plan.sparse_seen:
+            why.append("a gradient is sparse (sparse updates sort row ids into new tensors)")
+        if plan.reload_master:
+            why.append(f"{named(plan.reload_master)} was written outside the optimizer, so "
+                       "its master weights would be reloaded from it")
+        if self.needs_tables() and (plan.active != self._chunk_key
+                                    or self._device_table is None):
+            why.append("the set of parameters with a gradient (or a clip setting) changed "
+                       "since the last step, so the launch tables would be rebuilt")
+        return why
 
     def state_view(self, buffer: torch.Tensor, j: int) -> torch.Tensor:
         """Member ``j``'s region of a flat state buffer, shaped like its param (its local
@@ -318,6 +354,18 @@ class Bucket:
         for j, g in enumerate(out):
             if g is None:
                 continue
+            # The steady state first: the gradient the table row describes (a sparse
+            # gradient is never remembered), at the same address, its param at the same
+            # address with the same size, both contiguous. Anything else (a param whose data
+            # was replaced: another storage, dtype or size, a smaller view of its own
+            # storage; another gradient) is validated again (shape included) before anything
+            # runs.
+            ref = refs[j]
+            if ref is not None and ref() is g and g.data_ptr() == gptrs[j]:
+                p = params[j]
+                if (p.data_ptr() == pptrs[j] and p.numel() == numels[j]
+                        and g.is_contiguous() and p.is_contiguous()):
+                    continue
             if g.is_sparse:
                 sparse_seen = True
                 g = self._validate_sparse(j, g)
@@ -332,18 +380,9 @@ class Bucket:
                     out[j] = L.dense_grad(g)
                     changed.append(j)
                 continue
-            ref = refs[j]
-            p = params[j]
-            # The identity of the gradient and of both storages, and the param's size: a param
-            # whose data was replaced (another storage, dtype or size; a smaller view of its
-            # own storage) or a gradient that is not the one the table row describes is
-            # validated again (shape included) before anything runs.
-            if (ref is None or ref() is not g or g.data_ptr() != gptrs[j]
-                    or p.data_ptr() != pptrs[j] or p.numel() != numels[j]
-                    or not g.is_contiguous() or not p.is_contiguous()):
-                out[j] = self._validate(j, g if dgrads is None else dgrads[j])
-                changed.append(j)
-        active = tuple(g is not None for g in out)
+            out[j] = self._validate(j, g if dgrads is None else dgrads[j])
+            changed.append(j)
+        active = tuple([g is not None for g in out])
         created = ([j for j, a in enumerate(active) if a and not self.created[j]]
                    if active != self._created_key else [])
         created += [j for j, _ in sparse if not self.created[j]]
@@ -399,9 +438,11 @@ class Bucket:
 
     # ---------------------------------------------------------------------------- launches
     def _refresh_tensor_hypers(self) -> None:
-        for col, t, rows in self._tensor_hypers:
-            src = t.detach().reshape(1).to(self.compute_dtype).expand(rows.numel())
-            self.hyper[:, col].index_copy_(0, rows, src)
+        for col, t, rows, buffer in self._tensor_hypers:
+            src = t.detach().reshape(1)
+            if buffer is not None:
+                src = buffer.copy_(src)
+            self.hyper[:, col].index_copy_(0, rows, src.expand(rows.numel()))
 
     def _create(self, members: list[int]) -> None:
         """First step of ``members``: pows of tensor betas start at the tensor's value, and
@@ -420,11 +461,13 @@ class Bucket:
         """Whether a step uses the device tables (multi-tensor update or a norm pass)."""
         return self.multi_tensor or self.clip_scale
 
-    def launch(self, plan: StepPlan, lr: float, clip_scales: torch.Tensor | None = None,
+    def launch(self, plan: StepPlan, lr: float | torch.Tensor,
+               clip_scales: torch.Tensor | None = None,
                grad_scale: torch.Tensor | None = None,
                found_inf: torch.Tensor | None = None) -> None:
         """Run the step planned by ``prepare`` (the plan must be this step's).
 
+        ``lr`` is a float, or (capturable buckets) the float64 device tensor holding it.
         ``clip_scales`` is the step's clip-scale buffer (entry 0 holds 1), required when a
         member clips by a norm; ``grad_scale`` and ``found_inf`` are AMP's device loss scale
         and overflow flag (a set flag changes nothing but the pow slot, whose pows are
@@ -454,7 +497,7 @@ class Bucket:
         (their version counters move, so a backward through a graph that saved a param
         before the step raises, as with torch.optim), and remember the params' versions
         after this write (master-weight buckets: the next step compares them)."""
-        updated = [self.locals[j] for j, g in enumerate(plan.grads) if g is not None]
+        updated = [p for p, g in zip(self.locals, plan.grads) if g is not None]
         updated += [self.locals[j] for j, _ in plan.sparse]
         buffers = [b for b in (self.moment1, self.moment2, self.moment2_max, self.master,
                                self.pows) if b is not None]
@@ -473,8 +516,9 @@ class Bucket:
             self._seen_version = [p._version for p in self.locals]
             self._seen_ptr = [p.data_ptr() for p in self.locals]
 
-    def _launch_each(self, plan: StepPlan, lr: float, clip_scales: torch.Tensor | None,
-                     grad_scale: torch.Tensor | None, found_inf: torch.Tensor | None) -> None:
+    def _launch_each(self, plan: StepPlan, lr: float | torch.Tensor,
+                     clip_scales: torch.Tensor | None, grad_scale: torch.Tensor | None,
+                     found_inf: torch.Tensor | None) -> None:
         assert self.slots is not None
         for j, g in enumerate(plan.grads):
             if g is None:
@@ -491,14 +535,23 @@ class Bucket:
                 clip_value=self.clip_value,
                 master=None if self.master is None else self.state_view(self.master, j),
                 grad_scale=grad_scale, found_inf=found_inf)
-            self.slots[j] = 1 - s
+            self._advance_slot(j)
             self._remember(j, g)
         for j, g in plan.sparse:
-            s = self.slots[j]
-            if self._launch_sparse(j, g, s, lr, clip_scales, grad_scale, found_inf):
-                self.slots[j] = 1 - s
+            if self._launch_sparse(j, g, self.slots[j], lr, clip_scales, grad_scale,
+                                   found_inf):
+                self._advance_slot(j)
 
-    def _launch_sparse(self, j: int, g: torch.Tensor, s: int, lr: float,
+    def _advance_slot(self, j: int) -> None:
+        """Member ``j``'s pows were written to its other slot (one launch per tensor): flip
+        its slot, or (capturable) copy them back into slot 0."""
+        assert self.slots is not None
+        if self.capturable:
+            self.pows[0, j].copy_(self.pows[1, j])
+        else:
+            self.slots[j] = 1 - self.slots[j]
+
+    def _launch_sparse(self, j: int, g: torch.Tensor, s: int, lr: float | torch.Tensor,
                        clip_scales: torch.Tensor | None, grad_scale: torch.Tensor | None,
                        found_inf: torch.Tensor | None) -> bool:
         """The row kernel for member ``j``: reads pows slot ``s``, writes the other. Clipping
@@ -546,8 +599,9 @@ class Bucket:
         assert self._device_table is not None and self._chunk_table is not None
         return self._device_table, self._chunk_table
 
-    def _launch_multi(self, plan: StepPlan, lr: float, clip_scales: torch.Tensor | None,
-                      grad_scale: torch.Tensor | None, found_inf: torch.Tensor | None) -> None:
+    def _launch_multi(self, plan: StepPlan, lr: float | torch.Tensor,
+                      clip_scales: torch.Tensor | None, grad_scale: torch.Tensor | None,
+                      found_inf: torch.Tensor | None) -> None:
         table, chunks = self.sync_tables(plan)
         s = self.slot
         K.adam_update_tensor_list_(
@@ -561,7 +615,10 @@ class Bucket:
         # slot 1 - s: the row kernel overwrites them there with the advanced ones.
         for j, g in plan.sparse:
             self._launch_sparse(j, g, s, lr, clip_scales, grad_scale, found_inf)
-        self.slot = 1 - s
+        if self.capturable:
+            self.pows[0].copy_(self.pows[1])  # every member's row of slot 1 was written
+        else:
+            self.slot = 1 - s
 
     def norm_chunks(self, active: Sequence[bool], chunk_size: int
                     ) -> tuple[np.ndarray, dict[int, tuple[int, int]]]:

@@ -56,6 +56,7 @@ class DeviceClipper:
         self._partials: torch.Tensor | None = None
         self._tables: tuple[torch.Tensor, ...] = ()
         self._scales: torch.Tensor | None = None
+        self._unscale: torch.Tensor | None = None  # 1 / grad_scale^2, written each step
         self._sparse_passes: list[tuple[Bucket, int, slice]] = []
         self._version = 0  # bumped by invalidate(): part of the tables' key
 
@@ -112,6 +113,17 @@ class DeviceClipper:
         norms = torch.empty(len(self.outputs), dtype=acc, device=device)
         self._tables = (segments, outputs, clip_norms, norms)
         self._scales = torch.ones(len(self.outputs) + 1, dtype=acc, device=device)
+        self._unscale = torch.empty((), dtype=acc, device=device)
+
+    @staticmethod
+    def _key_of(version: int, work: Sequence[tuple[Bucket, StepPlan]]) -> tuple:
+        return (version, tuple((id(b), plan.active, tuple(j for j, _ in plan.sparse))
+                               for b, plan in work))
+
+    def is_current(self, work: Sequence[tuple[Bucket, StepPlan]]) -> bool:
+        """Whether a step over ``work`` launches with the tables of the last one (nothing to
+        rebuild or upload: what a step captured in a CUDA graph needs)."""
+        return self._key_of(self._version, work) == self._key
 
     def scales(self, work: Sequence[tuple[Bucket, StepPlan]],
                grad_scale: torch.Tensor | None = None) -> torch.Tensor:
@@ -122,8 +134,7 @@ class DeviceClipper:
         sums of squares are divided by its square before the norms are taken (exact for
         GradScaler's powers of two). The returned buffer is overwritten by the next step.
         """
-        key = (self._version, tuple((id(b), plan.active, tuple(j for j, _ in plan.sparse))
-                                    for b, plan in work))
+        key = self._key_of(self._version, work)
         if key != self._key:
             self._rebuild(work)
             self._key = key
@@ -139,9 +150,11 @@ class DeviceClipper:
                 grad = dict(_plan_of(work, bucket).sparse)[j]
                 L.sparse_sum_squares_(grad, self._partials[part])
             if grad_scale is not None and len(self._partials):
-                # grad_scale is already on the partials' device (the optimizer moved it).
-                self._partials.mul_(
-                    grad_scale.reshape(()).to(dtype=self._partials.dtype).reciprocal().square())
+                # grad_scale is already on the partials' device (the optimizer moved it). The
+                # factor goes through a buffer of its own: no allocation at step time.
+                assert self._unscale is not None
+                unscale = self._unscale.copy_(grad_scale.reshape(()))
+                self._partials.mul_(unscale.reciprocal_().square_())
             segments, outputs, clip_norms, norms = self._tables
             if self._group is None:
                 N.clip_scales_(self._partials, segments, outputs, clip_norms, norms,

@@ -9,6 +9,12 @@ argument rules or state formats. A front end (``triton_adam.Adam``, Paddle's API
   again when the front end reports a change (``reconfigure``): hyper-parameters are live;
 * per step, the learning rate (a host float) and AMP's device loss scale and overflow flag.
 
+A capturable engine (``capturable=True``) can run its step inside ``torch.cuda.graph``
+capture and be replayed: the learning rate lives in a float64 device tensor per device that
+``set_lr`` writes (outside capture; a replay reads the current value), the pows stay in one
+slot, and a step being captured refuses, before any launch, whatever would be recorded once and
+replayed wrongly or would upload host data (``Bucket.capture_blockers``).
+
 It owns everything else: the parameters' slots in buckets by (device, dtypes)
 (``triton_adam.buckets``), the flat state storage of each bucket under plain accumulator names
 (``ACCUMULATORS``), the per-tensor hyper-parameter rows on the device, the launch tables and
@@ -40,7 +46,7 @@ from triton_adam.clip_plan import DeviceClipper
 from triton_adam.kernels import adam as K
 from triton_adam.kernels import norm as N
 
-__all__ = ["ACCUMULATORS", "Engine", "NormClip", "ParamConfig", "ValueClip"]
+__all__ = ["ACCUMULATORS", "Engine", "NormClip", "ParamConfig", "ValueClip", "zero_in_place"]
 
 # The engine's names of a parameter's state: the moments (``max_exp_avg_sq`` with amsgrad),
 # fp32 master weights (fp16/bf16 parameters with master weights), and the bias-correction
@@ -119,18 +125,22 @@ class Engine:
         multi_tensor: one launch per bucket instead of one per tensor (same results).
         label_of: ``label_of(index)`` names a parameter in errors raised before any
             configuration exists (default: ``params[index]``).
+        capturable: steps may be captured in a CUDA graph and replayed (see the module
+            docstring); eager steps give the same results bit for bit.
     """
 
     def __init__(self, params: Sequence[torch.Tensor],
                  configure: Callable[[int], ParamConfig], *, amsgrad: bool = False,
                  master_weights: bool = False, multi_tensor: bool = False,
-                 label_of: Callable[[int], str] | None = None) -> None:
+                 label_of: Callable[[int], str] | None = None,
+                 capturable: bool = False) -> None:
         self.params = list(params)
         self._configure = configure
         self._label_of = label_of or (lambda i: f"params[{i}]")
         self.amsgrad = bool(amsgrad)
         self.master_weights = bool(master_weights)
         self.multi_tensor = bool(multi_tensor)
+        self.capturable = bool(capturable)
         for i, p in enumerate(self.params):
             if p.dtype not in SUPPORTED_DTYPES:
                 raise TypeError(f"{self._label_of(i)} has dtype {p.dtype}; Adam updates "
@@ -153,6 +163,13 @@ class Engine:
         self._buckets: list[Bucket] = []
         self._where: dict[int, tuple[Bucket, int]] = {}  # index -> (bucket, member)
         self._unbucketed: list[int] = list(range(len(self.params)))
+        # Capturable: the learning rate as the kernels read it, one float64 element per
+        # device, and the value last written there (None: not yet written).
+        self._lr_tensors: dict[torch.device, torch.Tensor] = {}
+        self._lr_value: float | None = None
+        # AMP tensors given in another dtype or on another GPU: converted into buffers of
+        # their own, not new tensors at every step.
+        self._amp_buffers: dict[tuple[str, torch.device], torch.Tensor] = {}
 
     def _check_no_shared_memory(self) -> None:
         """Two parameters whose storage overlaps would race in one multi-tensor launch (and
@@ -228,6 +245,13 @@ class Engine:
         values take effect at the next step, uploaded asynchronously (no host sync, no
         recompile unless a decay or clip switch of a bucket turns on). Every new
         configuration is built before any is applied, so a bad one changes nothing."""
+        indices = list(indices)
+        if self.capturable and any(i in self._where for i in indices) \
+                and backend.capturing(self.devices):
+            raise RuntimeError(
+                "the options of some parameters changed while a CUDA graph is being captured: "
+                "their hyper-parameter rows would be uploaded inside the graph. Change them "
+                "before the capture (an eager step applies them); nothing was updated")
         fresh: dict[int, MemberConfig] = {}
         for i in indices:
             if i in self._where:
@@ -252,7 +276,7 @@ class Engine:
             return Bucket([self.params[i] for i in chosen], [configs[i] for i in chosen],
                           amsgrad=self.amsgrad, multi_tensor=self.multi_tensor,
                           grad_dtype=grad_dtype_of(first),
-                          multi_precision=self.master_weights)
+                          multi_precision=self.master_weights, capturable=self.capturable)
 
         for bucket in group_into_buckets([self.params[i] for i in indices], make):
             for j, p in enumerate(bucket.params):
@@ -272,6 +296,35 @@ class Engine:
         rest += [i for i in wanted if i not in set(rest)]
         self._build_buckets(sorted(rest))
 
+    # ----------------------------------------------------------------------- learning rate
+    def set_lr(self, lr: float) -> None:
+        """Write the learning rate that the next steps (and graph replays) of a capturable
+        engine read: one asynchronous device fill per device, no host sync. Not allowed while
+        a graph is being captured (the fill would be recorded with this value)."""
+        if not self.capturable:
+            raise RuntimeError("set_lr() is for capturable engines: others take the learning "
+                               "rate as an argument of step()")
+        lr = float(lr)
+        if not math.isfinite(lr):
+            raise ValueError(f"the learning rate must be finite, got {lr}")
+        if backend.capturing(self.devices):
+            raise RuntimeError(
+                "the learning rate was set while a CUDA graph is being captured: the write "
+                "would be recorded in the graph with this value. Set it (set_lr(), or "
+                "scheduler.step()) outside the captured region, before each replay")
+        if not self._lr_tensors:
+            for device in sorted(self.devices, key=str):
+                self._lr_tensors[device] = torch.empty(1, dtype=torch.float64, device=device)
+        for t in self._lr_tensors.values():
+            t.fill_(lr)  # a kernel argument, not a copy from the host: asynchronous
+        self._lr_value = lr
+
+    @property
+    def lr_tensors(self) -> dict[torch.device, torch.Tensor]:
+        """Capturable engines: the float64 learning-rate tensor of each device (empty until
+        the first ``set_lr``); what the kernels read at every step and replay."""
+        return dict(self._lr_tensors)
+
     # ----------------------------------------------------------------------------- step
     def step(self, lr: float, *, grads: Mapping[int, torch.Tensor] | None = None,
              grad_scale: torch.Tensor | None = None, found_inf: torch.Tensor | None = None,
@@ -286,8 +339,19 @@ class Engine:
                 the parameters' device; see ``Adam.step``).
             refuse_sparse: if given, a sparse gradient raises ``RuntimeError(refuse_sparse)``
                 (before anything changes).
+
+        A capturable engine writes ``lr`` to its device tensors when it differs from the last
+        value written (eagerly; during capture it must not differ: see ``set_lr``).
         """
-        backend.check_not_capturing(self.devices)
+        capturing = False
+        if self.capturable:
+            capturing = backend.capturing(self.devices)
+            if capturing:
+                self._check_capturable_start(lr, grads)
+            elif lr != self._lr_value:
+                self.set_lr(lr)
+        else:
+            backend.check_not_capturing(self.devices)
         if grads is None:
             # After the first step only the (usually no) parameters outside every bucket
             # are looked at here: the buckets check their own members.
@@ -302,26 +366,93 @@ class Engine:
             self.ensure_state(grads)
             plans = [(b, b.prepare([grads.get(self._index_of[id(p)]) for p in b.params]))
                      for b in self._buckets]
-        self._launch(plans, lr, grad_scale, found_inf, refuse_sparse)
+        self._launch(plans, lr, grad_scale, found_inf, refuse_sparse, capturing)
+
+    def _check_capturable_start(self, lr: float,
+                                grads: Mapping[int, torch.Tensor] | None) -> None:
+        """A step being captured: the learning rate on the device must be this step's, and
+        every parameter with a gradient must have its slot already (a warm-up step)."""
+        if self._lr_value is None or lr != self._lr_value:
+            raise RuntimeError(
+                f"a step is being captured with learning rate {lr}, but the device holds "
+                f"{self._lr_value}: a capturable step reads the learning rate from the device, "
+                "and writing it during capture would record this value in the graph. Set it "
+                "before the capture (an eager warm-up step, set_lr(), scheduler.step())")
+        if grads is None:
+            new = [i for i in self._unbucketed
+                   if self.params[i].requires_grad and self.params[i].grad is not None]
+        else:
+            new = [i for i in grads if i not in self._where]
+        if new:
+            raise RuntimeError(
+                f"{self._label_of(new[0])} gets its first step while a CUDA graph is being "
+                "captured: its state would be allocated and initialised inside the graph. Run "
+                "an eager warm-up step with the gradients of the captured step first; nothing "
+                "was updated")
 
     def _launch(self, plans: list[tuple[Bucket, StepPlan]], lr: float,
                 grad_scale: torch.Tensor | None, found_inf: torch.Tensor | None,
-                refuse_sparse: str | None) -> None:
+                refuse_sparse: str | None, capturing: bool = False) -> None:
         # Every bucket was validated (prepare) before this first launch: bad input changes
         # nothing.
         if refuse_sparse is not None and any(plan.sparse_seen for _, plan in plans):
             raise RuntimeError(refuse_sparse)
-        scales = None
         clipped = [(b, plan) for b, plan in plans
                    if b.clip_scale and (any(plan.active) or plan.sparse)]
+        if capturing:
+            self._check_capturable_plans(plans, clipped, grad_scale, found_inf)
+        scales = None
         if clipped:
             # Norm clipping: the norm passes and the finalize run before any update reads a
             # gradient; the updates multiply each gradient by its scale as they read it.
             for bucket, plan in clipped:
                 bucket.sync_tables(plan)
-            scales = self._clipper.scales(clipped, _on(grad_scale, clipped[0][0]))
+            scales = self._clipper.scales(clipped, self._on(grad_scale, "grad_scale",
+                                                            clipped[0][0]))
         for bucket, plan in plans:
-            bucket.launch(plan, lr, scales, _on(grad_scale, bucket), _on(found_inf, bucket))
+            bucket.launch(plan, self._lr_tensors[bucket.device] if self.capturable else lr,
+                          scales, self._on(grad_scale, "grad_scale", bucket),
+                          self._on(found_inf, "found_inf", bucket))
+
+    def _check_capturable_plans(self, plans: list[tuple[Bucket, StepPlan]],
+                                clipped: list[tuple[Bucket, StepPlan]],
+                                grad_scale: torch.Tensor | None,
+                                found_inf: torch.Tensor | None) -> None:
+        """Refuse a step being captured that would do more than launch with the arguments of
+        the last step (every reason, in one error, before any launch)."""
+        why = [reason for bucket, plan in plans for reason in bucket.capture_blockers(plan)]
+        if clipped and not self._clipper.is_current(clipped):
+            why.append("the clipped gradients differ from the last step's, so the norm "
+                       "tables would be rebuilt")
+        for name, t in (("grad_scale", grad_scale), ("found_inf", found_inf)):
+            if t is not None and any((t.dtype != torch.float32 or t.device != b.device)
+                                     and (name, b.device) not in self._amp_buffers
+                                     for b, _ in plans):
+                why.append(f"{name} is not a float32 tensor on the parameters' device and was "
+                           "not given to an eager step before (its conversion buffer would be "
+                           "allocated)")
+        if why:
+            raise RuntimeError(
+                "this step cannot be captured in a CUDA graph: " + "; ".join(why) + ". Run an "
+                "eager warm-up step with the same gradient tensors and options first (and "
+                "keep the gradients between steps: clear_grad() zeroes them in place); "
+                "nothing was updated")
+
+    def _on(self, t: torch.Tensor | None, name: str, bucket: Bucket) -> torch.Tensor | None:
+        """An AMP tensor as the bucket's kernels read it (float32, one element, on its
+        device): GradScaler's own tensors as they are; others converted into a buffer kept
+        per (name, device), without a host sync (the front end has checked that it is on the
+        parameters' kind of device; a copy between two GPUs is asynchronous)."""
+        if t is None:
+            return None
+        t = t.reshape(1)
+        if t.dtype == torch.float32 and t.device == bucket.device:
+            return t
+        buffer = self._amp_buffers.get((name, bucket.device))
+        if buffer is None:
+            buffer = torch.empty(1, dtype=torch.float32, device=bucket.device)
+            self._amp_buffers[(name, bucket.device)] = buffer
+        return buffer.copy_(t, non_blocking=True)
 
     @property
     def buckets(self) -> list[Bucket]:
@@ -423,18 +554,22 @@ class Engine:
         return out
 
 
+def zero_in_place(tensors: Iterable[torch.Tensor]) -> None:
+    """Zero ``tensors`` (gradients) in place with one ``torch._foreach_zero_`` per (device,
+    dtype) group, whatever their number (a sparse tensor is emptied on its own)."""
+    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for t in tensors:
+        if t.layout != torch.strided:
+            t.zero_()
+        else:
+            groups.setdefault((t.device, t.dtype), []).append(t)
+    with torch.no_grad():
+        for group in groups.values():
+            torch._foreach_zero_(group)
+
+
 def _span(t: torch.Tensor) -> tuple[torch.device, int, int]:
     storage = t.untyped_storage()
     return t.device, storage.data_ptr(), storage.data_ptr() + storage.nbytes()
 
 
-def _on(t: torch.Tensor | None, bucket: Bucket) -> torch.Tensor | None:
-    """An AMP tensor as the bucket's kernels read it (float32, on its device): a no-op for
-    GradScaler's own tensors (the front end has checked that it is on the parameters' kind of
-    device; a copy between two GPUs is asynchronous)."""
-    if t is None:
-        return None
-    t = t.reshape(1)
-    if t.dtype != torch.float32 or t.device != bucket.device:
-        t = t.to(device=bucket.device, dtype=torch.float32, non_blocking=True)
-    return t

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -65,6 +66,20 @@ StateDict = dict[str, Any]
 """A scheduler state as returned by :meth:`LRScheduler.state_dict` (Paddle's keys)."""
 
 _WARMUP_INNER_KEY = "LinearWarmup_LR"
+
+
+# scheduler -> weak references to the callbacks of watch_lr (neither kept alive by this table).
+_WATCHERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def watch_lr(scheduler: LRScheduler, callback: Callable[[LRScheduler, float], None]) -> None:
+    """Call ``callback(scheduler, rate)`` whenever ``scheduler``'s ``last_lr`` is set. ``callback`` is held
+    by weak reference (a bound method through ``weakref.WeakMethod``): watching keeps neither
+    the scheduler nor the watcher alive. Not part of Paddle's API."""
+    ref = (weakref.WeakMethod(callback) if hasattr(callback, "__self__")
+           else weakref.ref(callback))
+    watchers = _WATCHERS.setdefault(scheduler, [])
+    watchers[:] = [r for r in watchers if r() is not None] + [ref]
 
 
 def _require(condition: bool, error: type[Exception], message: str) -> None:
@@ -177,6 +192,17 @@ class LRScheduler:
         """Return the current learning rate (``last_lr``)."""
         return self.last_lr
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if name == "last_lr":
+            # Whoever watches this schedule (a capturable optimizer, which keeps the rate on
+            # the device for its CUDA-graph replays) hears of every new rate, from step(),
+            # set_state_dict() or a direct assignment alike.
+            for ref in tuple(_WATCHERS.get(self, ())):
+                callback = ref()
+                if callback is not None:
+                    callback(self, value)
+
     def step(self, epoch: int | None = None) -> None:
         """Advance the schedule; call it after ``optimizer.step()``.
 
@@ -251,7 +277,7 @@ class LRScheduler:
                 "Please check whether state_dict is correct for optimizer. "
                 f"Can't find [ {key} ] in state_dict",
             )
-            self.__dict__[key] = state_dict[key]
+            setattr(self, key, state_dict[key])  # last_lr reaches its watchers (watch_lr)
         unused = set(state_dict) - set(self.keys)
         if unused:
             warnings.warn(
