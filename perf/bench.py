@@ -77,6 +77,27 @@ def _triton_adamw(multi_tensor: bool, clip: bool) -> Callable[[list[torch.Tensor
     return build
 
 
+def _triton_adamw_graph(params: list[torch.Tensor]) -> Step:
+    """A capturable AdamW step captured in a CUDA graph: the step is ``graph.replay`` (one
+    eager warm-up step on a side stream first, as torch's capture recipe does). Off CUDA
+    (the GPU check's dry run) the eager capturable step."""
+    import triton_adam
+
+    optimizer = triton_adam.AdamW(LR, parameters=params, weight_decay=WEIGHT_DECAY,
+                                  capturable=True)
+    if params[0].device.type != "cuda":
+        return optimizer.step
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        optimizer.step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        optimizer.step()
+    return graph.replay
+
+
 def _torch_adamw(clip: bool, **flags: bool) -> Callable[[list[torch.Tensor]], Step]:
     def build(params: list[torch.Tensor]) -> Step:
         optimizer = torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY, **flags)
@@ -97,6 +118,7 @@ IMPLEMENTATIONS = [
     Implementation("triton_adam AdamW multi-tensor", _triton_adamw(True, False)),
     Implementation("triton_adam AdamW multi-tensor + ClipGradByGlobalNorm",
                    _triton_adamw(True, True), extra_grad_passes=1, peer=CLIPPED_PEER),
+    Implementation("triton_adam AdamW capturable, CUDA-graph replay", _triton_adamw_graph),
     Implementation("torch AdamW fused", _torch_adamw(False, fused=True)),
     Implementation("torch AdamW foreach", _torch_adamw(False, foreach=True),
                    state_bytes_per_param=16),

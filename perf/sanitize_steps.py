@@ -109,15 +109,15 @@ def multi_tensor(torch, ta, device: str, steps: int) -> None:
 def amsgrad(torch, ta, device: str, steps: int) -> None:
     for multi in (False, True):
         ps = _params(torch, device)
-        _run(torch, ps, ta.Adam(1e-2, parameters=ps, amsgrad=True, per_tensor_launches=not multi),
-             steps)
+        _run(torch, ps, ta.Adam(1e-2, parameters=ps, amsgrad=True,
+                                per_tensor_launches=not multi), steps)
 
 
 def fp64(torch, ta, device: str, steps: int) -> None:
     for multi in (False, True):
         ps = _params(torch, device, torch.float64)
-        _run(torch, ps, ta.AdamW(1e-2, parameters=ps, amsgrad=multi, per_tensor_launches=not multi),
-             steps)
+        _run(torch, ps, ta.AdamW(1e-2, parameters=ps, amsgrad=multi,
+                                 per_tensor_launches=not multi), steps)
 
 
 def bf16_master(torch, ta, device: str, steps: int) -> None:
@@ -151,8 +151,8 @@ def clipping(torch, ta, device: str, steps: int) -> None:
                         (True, ta.ClipGradByNorm(0.1))):
         ps = _params(torch, device)
         ta.set_param_attr(ps[1], need_clip=False)
-        _run(torch, ps, ta.AdamW(1e-2, parameters=ps, grad_clip=clip, per_tensor_launches=not multi),
-             steps)
+        _run(torch, ps, ta.AdamW(1e-2, parameters=ps, grad_clip=clip,
+                                 per_tensor_launches=not multi), steps)
 
 
 def lazy_rows(torch, ta, device: str, steps: int) -> None:
@@ -177,6 +177,38 @@ def lazy_rows(torch, ta, device: str, steps: int) -> None:
             raise AssertionError("lazy mode changed a row absent from the gradient")
 
 
+def capturable_graph(torch, ta, device: str, steps: int) -> None:
+    """A capturable AdamW step (amsgrad, global-norm clipping) captured in a CUDA graph after
+    an eager warm-up on a side stream, replayed with a new learning rate each time (off CUDA:
+    eager capturable steps)."""
+    ps = _params(torch, device)
+    sched = ta.lr.StepDecay(1e-2, step_size=1, gamma=0.9)
+    opt = ta.AdamW(sched, parameters=ps, amsgrad=True, grad_clip=ta.ClipGradByGlobalNorm(0.5),
+                   capturable=True)
+    for p in ps:
+        p.grad = torch.randn_like(p)
+    before = [p.detach().clone() for p in ps]
+    if not str(device).startswith("cuda"):
+        for _ in range(steps):
+            opt.step()
+            sched.step()
+    else:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            opt.step()
+            sched.step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            opt.step()
+        for _ in range(steps):
+            graph.replay()
+            sched.step()
+        torch.cuda.synchronize()
+    _check_moved(torch, ps, before)
+
+
 CASES: dict[str, Callable] = {
     "dense fp32 + L2Decay": dense,
     "multi-tensor fp32 AdamW (+ unaligned view)": multi_tensor,
@@ -186,6 +218,7 @@ CASES: dict[str, Callable] = {
     "AMP fp16: loss scale, then a skipped step": amp_skip,
     "clipping: global norm (norm pass + finalize), ClipGradByNorm": clipping,
     "lazy rows with duplicate ids": lazy_rows,
+    "capturable step in a CUDA graph, replayed with a schedule": capturable_graph,
 }
 
 

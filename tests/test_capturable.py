@@ -458,3 +458,29 @@ def test_a_captured_step_replayed_matches_eager_steps(mode, amp):
     for key in sa:
         if isinstance(sa[key], torch.Tensor):
             assert torch.equal(sa[key], sb[key]), key
+
+
+@cpu_only("records launches with the kernels stubbed and patches the capture query")
+def test_options_changed_between_replays_reach_the_captured_launch(capture):
+    """A parameter option changed outside the graph (an eager step applies it) is written
+    into the rows a captured launch reads: the launch arguments stay the same. New gradient
+    tensors get a new launch table, and the old one stays alive for a graph still using it."""
+    params, sched, opt = _warm()
+    bucket = opt.engine.buckets[0]
+    hyper = bucket.hyper
+    old_table = bucket._device_table
+    with LaunchRecorder() as first:
+        capture.on = True
+        opt.step()
+        capture.on = False
+    params[1].optimize_attr = {"learning_rate": 0.25}
+    opt.step()  # eager: reconfigures params[1]
+    assert bucket.hyper is hyper and hyper[1, K.HYPER_LR_SCALE].item() == 0.25
+    with LaunchRecorder() as second:
+        capture.on = True
+        opt.step()
+        capture.on = False
+    assert first.calls == second.calls
+    params[0].grad = params[0].grad.clone()
+    opt.step()  # eager: a new table for the new gradient
+    assert bucket._device_table is not old_table and old_table in bucket._retired

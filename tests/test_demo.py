@@ -10,8 +10,9 @@ import pytest
 from devices import HAVE_PADDLE
 
 
-@pytest.mark.parametrize("extra", [[], ["--multi-tensor", "--optimizer", "adamw"]],
-                         ids=["default", "multi-tensor-adamw"])
+@pytest.mark.parametrize("extra", [[], ["--per-tensor-launches", "--optimizer", "adamw"],
+                                   ["--capturable", "--amsgrad"]],
+                         ids=["default", "per-tensor-launches-adamw", "capturable-amsgrad"])
 def test_demo_runs_and_matches_reference_and_paddle(extra):
     # Launched without TRITON_INTERPRET: the demo must set the interpreter up itself.
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

@@ -45,7 +45,7 @@ def test_bench_import_does_not_touch_cuda():
 def test_rows_and_parameter_lists():
     names = [i.name for i in bench.IMPLEMENTATIONS]
     for required in ("triton_adam AdamW per-tensor", "triton_adam AdamW multi-tensor",
-                     "torch AdamW fused", "torch AdamW foreach",
+                     "triton_adam AdamW capturable, CUDA-graph replay", "torch AdamW fused", "torch AdamW foreach",
                      "clip_grad_norm_ + torch AdamW fused",
                      "clip_grad_norm_ + torch AdamW foreach"):
         assert required in names

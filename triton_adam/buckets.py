@@ -120,6 +120,7 @@ class Bucket:
         self.multi_tensor = multi_tensor
         # Capturable: every step passes the same launch arguments (see ``launch``).
         self.capturable = capturable
+        self._retired: list[object] = []  # see _retire
         self._derive()
 
         n = len(self.params)
@@ -218,11 +219,29 @@ class Bucket:
             self.configs[j] = config
         old_clip = self.clip_index
         self._derive()
-        self.hyper = self._upload_hyper()
+        self.hyper = self._replace(self.hyper, self._upload_hyper())
+        self._retire(self._tensor_hypers)
         self._tensor_hypers = self._tensor_hyper_rows()
         if self.clip_index != old_clip:
             self._host_table[:, K.COL_CLIP_INDEX] = self.clip_index
             self._device_table = None  # stale: sync_tables uploads it again
+
+    def _replace(self, old: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
+        """The device tensor of hyper-parameter rows from now on. A capturable bucket writes
+        ``new`` into ``old`` (an asynchronous device copy; the layout never changes), so
+        that a CUDA graph captured before reads the new values at its next replay."""
+        if self.capturable and old is not None:
+            return old.copy_(new)
+        return new
+
+    def _retire(self, old: object) -> None:
+        """Capturable buckets keep alive the device tensors a captured graph may still
+        address: launch tables describe the gradient addresses of their time, which a graph
+        captured with them goes on using (its backward writes those gradients), and
+        tensor-beta rows. A graph the user should have captured again then reads what it
+        was captured with, never freed memory."""
+        if self.capturable and old is not None:
+            self._retired.append(old)
 
     # ------------------------------------------------------------------------------ state
     def current_slot(self, j: int) -> int:
@@ -592,9 +611,12 @@ class Bucket:
             table[~active, K.COL_GRAD_ADDR] = 0
             for j in np.flatnonzero(~active):
                 self._built_grads[j] = None
-            self._chunk_table = upload_table(_chunk_rows(self.numels, plan.active), self.device)
+            self._retire(self._chunk_table)
+            self._chunk_table = upload_table(_chunk_rows(self.numels, plan.active),
+                                             self.device)
             self._chunk_key = plan.active
         if stale:
+            self._retire(self._device_table)
             self._device_table = upload_table(table, self.device)
         assert self._device_table is not None and self._chunk_table is not None
         return self._device_table, self._chunk_table

@@ -46,10 +46,14 @@ from triton_adam.kernels import norm as N
 class DeviceClipper:
     """The norm-clip outputs of one optimizer and the device work of a clipped step."""
 
-    def __init__(self, group: object = None) -> None:
+    def __init__(self, group: object = None, keep_retired: bool = False) -> None:
         """``group``: the process group whose ranks' sums of squares add up to each norm
-        (a ``torch.distributed.ProcessGroup``), or None for local norms (one process, DDP)."""
+        (a ``torch.distributed.ProcessGroup``), or None for local norms (one process, DDP).
+        ``keep_retired`` (capturable optimizers): tables and buffers replaced by a rebuild are
+        kept alive, so that a CUDA graph captured before never addresses freed memory."""
         self._group = group
+        self._keep_retired = keep_retired
+        self._retired: list[object] = []
         self.outputs: list[tuple[int, float]] = []  # (norm.MODE_*, clip_norm) per output
         self._key: tuple | None = None
         self._passes: list[tuple[Bucket, torch.Tensor, slice]] = []
@@ -83,6 +87,9 @@ class DeviceClipper:
             raise NotImplementedError(f"norm clipping over parameters on several devices "
                                       f"({sorted(map(str, devices))}) is not supported")
         device = devices.pop()
+        if self._keep_retired:
+            self._retired.append((self._passes, self._partials, self._tables, self._scales,
+                                  self._unscale))
         acc = N.accumulation_dtype_for([b.grad_dtype for b, _ in work])
         ranges: dict[int, list[tuple[int, int]]] = {}
         passes = []

@@ -64,11 +64,11 @@ class _Runner:
 def _triton_runner(args, init, device) -> _Runner:
     dtype = getattr(torch, args.dtype)
     params = [t.detach().to(device=device, dtype=dtype, copy=True).requires_grad_() for t in init]
+    launch = dict(per_tensor_launches=args.per_tensor_launches, capturable=args.capturable)
     opt = (AdamW(args.lr, parameters=params, weight_decay=args.weight_decay,
-                 amsgrad=args.amsgrad, use_multi_tensor=args.multi_tensor)
+                 amsgrad=args.amsgrad, **launch)
            if args.optimizer == "adamw"
-           else Adam(args.lr, parameters=params, amsgrad=args.amsgrad,
-                     use_multi_tensor=args.multi_tensor))
+           else Adam(args.lr, parameters=params, amsgrad=args.amsgrad, **launch))
 
     def apply(grads):
         for p, g in zip(params, grads):
@@ -170,8 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weight-decay", type=float, default=0.01,
                         help="AdamW's decay coefficient (default 0.01)")
     parser.add_argument("--amsgrad", action="store_true")
-    parser.add_argument("--multi-tensor", action="store_true",
-                        help="one kernel launch per step for all parameters (use_multi_tensor)")
+    parser.add_argument("--per-tensor-launches", action="store_true",
+                        help="one kernel launch per parameter instead of one per step "
+                             "(same results)")
+    parser.add_argument("--capturable", action="store_true",
+                        help="capturable steps: the learning rate read from the device "
+                             "(same results)")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="auto: CUDA when available, else the CPU under the interpreter")

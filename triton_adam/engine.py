@@ -156,7 +156,7 @@ class Engine:
         # are all-reduced over and which parameters this rank adds (replicas once). Decided
         # from all the parameters, so that it never depends on which have a gradient.
         self._norm_rule = D.norm_reduction(self.params)
-        self._clipper = DeviceClipper(group=self._norm_rule.group)
+        self._clipper = DeviceClipper(group=self._norm_rule.group, keep_retired=self.capturable)
         self._clip_entries: dict[Hashable, int] = {}  # NormClip.key -> scale-buffer entry
         # Buckets are built when parameters first need state (their first gradient, or a
         # loaded state), from the trainable parameters of that time.
