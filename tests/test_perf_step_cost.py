@@ -83,7 +83,9 @@ def test_step_cost_reduced(tmp_path):
             assert r["triton_launches"] == 0 and r["aten_launches"] > 0, r
     loop = {r["model"]: r["launches"] for r in rows if r["optimizer"] == "torch Adam for-loop"}
     assert all(loop[m] > expected[m] for m in expected)  # several launches per tensor
-    assert "| gpt2-small | triton_adam Adam | 148 | 148 (148 + 0) | 0 |" in result.stdout
+    assert "| gpt2-small | triton_adam Adam (default) | 148 | 1 (1 + 0) | 0 |" in result.stdout
+    assert ("| gpt2-small | triton_adam Adam per_tensor_launches=True | 148 | 148 (148 + 0) | 0 |"
+            in result.stdout)
 
 
 def test_multi_tensor_host_time_is_a_small_per_tensor_check():
