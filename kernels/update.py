@@ -36,16 +36,19 @@ from .common import (
     HYPER_EPS_C,
     HYPER_L1_C,
     HYPER_L2_C,
+    HYPER_LR_INDEX_C,
     HYPER_LR_SCALE_C,
+    HYPER_SIGN_C,
     HYPER_WD_C,
     POW_BETA1_C,
     POW_BETA2_C,
+    POW_STEP_C,
     div_rn,
     sqrt_rn,
 )
 
-__all__ = ["step_scalars", "amp_scalars", "clip_scalars", "prepare_grad", "adam_math",
-           "advance_pows"]
+__all__ = ["step_scalars", "amp_scalars", "clip_scalars", "grad_sign", "prepare_grad",
+           "adam_math", "advance_pows"]
 
 
 @triton.jit
@@ -54,12 +57,14 @@ def step_scalars(hyper_row_ptr, pows_in_row_ptr, lr, lr_ptr, compute_dtype: tl.c
     """The per-tensor scalars of a step, read once per program (shared by every kernel):
     ``(lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd)``.
 
-    The learning rate is the float64 argument ``lr``, or with ``LR_ON_DEVICE`` the float64 at
-    ``lr_ptr`` (capturable steps: a CUDA graph replays its launches with the arguments of
-    capture, so a learning rate that changes between replays must be read from memory). The
-    same float64 value gives the same bits either way."""
+    The learning rate is the float64 argument ``lr``, or with ``LR_ON_DEVICE`` the float64
+    entry of the vector at ``lr_ptr`` that the row's ``HYPER_LR_INDEX`` names (capturable
+    steps: a CUDA graph replays its launches with the arguments of capture, so a learning rate
+    that changes between replays must be read from memory; one entry per parameter group when
+    groups have learning rates of their own). The same float64 value gives the same bits
+    either way."""
     if LR_ON_DEVICE:
-        lr = tl.load(lr_ptr)
+        lr = tl.load(lr_ptr + tl.load(hyper_row_ptr + HYPER_LR_INDEX_C).to(tl.int32))
     lr_scale = tl.load(hyper_row_ptr + HYPER_LR_SCALE_C)
     beta1 = tl.load(hyper_row_ptr + HYPER_BETA1_C)
     beta2 = tl.load(hyper_row_ptr + HYPER_BETA2_C)
@@ -115,8 +120,19 @@ def clip_scalars(clip_scale_ptr, hyper_row_ptr, compute_dtype: tl.constexpr,
 
 
 @triton.jit
-def prepare_grad(g, inv_grad_scale, g_scale, clip_lo, clip_hi, UNSCALE: tl.constexpr,
-                 CLIP_SCALE: tl.constexpr, CLIP_VALUE: tl.constexpr):
+def grad_sign(hyper_row_ptr, compute_dtype: tl.constexpr, MAXIMIZE: tl.constexpr):
+    """The factor of the gradient: the row's ``HYPER_SIGN`` (-1 maximizes) with MAXIMIZE."""
+    if MAXIMIZE:
+        sign = tl.load(hyper_row_ptr + HYPER_SIGN_C)
+    else:
+        sign = tl.full((), 1.0, compute_dtype)
+    return sign
+
+
+@triton.jit
+def prepare_grad(g, inv_grad_scale, g_scale, clip_lo, clip_hi, sign, UNSCALE: tl.constexpr,
+                 CLIP_SCALE: tl.constexpr, CLIP_VALUE: tl.constexpr,
+                 MAXIMIZE: tl.constexpr):
     """The gradient the update uses, from ``g`` as read (in the compute dtype): AMP's loss
     scale comes off first (as GradScaler unscales before the optimizer clips), then the norm
     clip's scale, then the value clip (``ClipGradByValue``; NaN stays NaN). Paddle clips
@@ -127,6 +143,8 @@ def prepare_grad(g, inv_grad_scale, g_scale, clip_lo, clip_hi, UNSCALE: tl.const
         g = g * g_scale
     if CLIP_VALUE:
         g = tl.where(g < clip_lo, clip_lo, tl.where(g > clip_hi, clip_hi, g))
+    if MAXIMIZE:
+        g = g * sign  # exact: the sign of the gradient the decay terms are added to
     return g
 
 
@@ -171,3 +189,9 @@ def advance_pows(hyper_row_ptr, pows_in_ptr, pows_out_ptr, found_inf_ptr,
         beta2 = tl.where(tl.load(found_inf_ptr) != 0, 1.0, beta2).to(beta2.dtype)
     tl.store(pows_out_ptr + POW_BETA1_C, tl.load(pows_in_ptr + POW_BETA1_C) * beta1)
     tl.store(pows_out_ptr + POW_BETA2_C, tl.load(pows_in_ptr + POW_BETA2_C) * beta2)
+    step = tl.load(pows_in_ptr + POW_STEP_C)
+    if SKIP_ON_INF:
+        step = tl.where(tl.load(found_inf_ptr) != 0, step, step + 1.0).to(step.dtype)
+    else:
+        step = step + 1.0
+    tl.store(pows_out_ptr + POW_STEP_C, step)
