@@ -224,13 +224,14 @@ def _adam_kernel(
     SKIP_ON_INF: tl.constexpr,  # change nothing when *found_inf_ptr is set (AMP)
     LR_ON_DEVICE: tl.constexpr,  # read the learning rate at lr_ptr (capturable steps)
     MAXIMIZE: tl.constexpr,  # multiply the gradient by the hyper row's sign (maximize)
+    BIAS_FROM_STEP: tl.constexpr,  # bias corrections from the step count (torch), not the pows
 ):
     compute_dtype = exp_avg_ptr.dtype.element_ty
     pid = tl.program_id(0).to(tl.int64)  # int64: ranges beyond 2^31 elements exist
     block_start = pid * BLOCK
     offs = block_start + tl.arange(0, BLOCK)
     lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd = step_scalars(
-        hyper_ptr, pows_in_ptr, lr, lr_ptr, compute_dtype, LR_ON_DEVICE)
+        hyper_ptr, pows_in_ptr, lr, lr_ptr, compute_dtype, LR_ON_DEVICE, BIAS_FROM_STEP)
     g_scale, clip_lo, clip_hi = clip_scalars(clip_scale_ptr, hyper_ptr, compute_dtype,
                                               CLIP_SCALE, CLIP_VALUE)
     inv_grad_scale, skip = amp_scalars(grad_scale_ptr, found_inf_ptr, compute_dtype, UNSCALE,
@@ -296,6 +297,7 @@ def _adam_tensor_list_kernel(
     SKIP_ON_INF: tl.constexpr,
     LR_ON_DEVICE: tl.constexpr,  # read the learning rate at lr_ptr (capturable steps)
     MAXIMIZE: tl.constexpr,  # multiply the gradient by the hyper row's sign (maximize)
+    BIAS_FROM_STEP: tl.constexpr,  # bias corrections from the step count (torch), not the pows
 ):
     compute_dtype = exp_avg_ptr.dtype.element_ty
     pid = tl.program_id(0).to(tl.int64)  # int64: chunk-table offsets beyond 2^31 exist
@@ -325,7 +327,8 @@ def _adam_tensor_list_kernel(
         # The step count: + 1 for the active tensors of a step that is not skipped.
         count = active
         if SKIP_ON_INF:
-            count = count & (tl.load(found_inf_ptr) == 0)
+            # (tl.where: the interpreter cannot `&` a block of bools with a scalar one)
+            count = tl.where(tl.load(found_inf_ptr) == 0, count, False)
         step = tl.load(pows_in_ptr + j * POW_SLOT_WIDTH_C + POW_STEP_C, mask=in_range)
         tl.store(pows_out_ptr + j * POW_SLOT_WIDTH_C + POW_STEP_C,
                  step + tl.where(count, 1.0, 0.0).to(step.dtype), mask=in_range)
@@ -346,7 +349,7 @@ def _adam_tensor_list_kernel(
         state_offset = tl.multiple_of(tl.load(row + COL_STATE_OFFSET_C), STATE_ALIGN_C)
         lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd = step_scalars(
             hyper_ptr + t * HYPER_WIDTH_C, pows_in_ptr + t * POW_SLOT_WIDTH_C, lr, lr_ptr,
-            compute_dtype, LR_ON_DEVICE)
+            compute_dtype, LR_ON_DEVICE, BIAS_FROM_STEP)
         g_scale, clip_lo, clip_hi = clip_scalars(
             clip_scales_ptr + tl.load(row + COL_CLIP_INDEX_C), hyper_ptr + t * HYPER_WIDTH_C,
             compute_dtype, CLIP_SCALE, CLIP_VALUE)
@@ -385,7 +388,8 @@ def _adam_tensor_list_kernel(
 def kernel_constexprs(*, amsgrad: bool, coupled_decay: bool, decoupled_decay: bool,
                       clip_scale: bool = False, clip_value: bool = False, master: bool = False,
                       unscale: bool = False, skip_on_inf: bool = False,
-                      lr_on_device: bool = False, maximize: bool = False) -> dict:
+                      lr_on_device: bool = False, maximize: bool = False,
+                      bias_from_step: bool = False) -> dict:
     """The constexpr arguments of one specialization (shared with the compile check)."""
     return dict(
         BLOCK=BLOCK_SIZE,
@@ -399,6 +403,7 @@ def kernel_constexprs(*, amsgrad: bool, coupled_decay: bool, decoupled_decay: bo
         SKIP_ON_INF=bool(skip_on_inf),
         LR_ON_DEVICE=bool(lr_on_device),
         MAXIMIZE=bool(maximize),
+        BIAS_FROM_STEP=bool(bias_from_step),
     )
 
 
@@ -442,6 +447,7 @@ def adam_update_(
     grad_scale: torch.Tensor | None = None,
     found_inf: torch.Tensor | None = None,
     maximize: bool = False,
+    bias_from_step: bool = False,
 ) -> None:
     """Apply one Adam step to ``param`` in place, with one kernel launch.
 
@@ -471,6 +477,9 @@ def adam_update_(
             (param, master, moments; the pows are copied, not advanced).
         maximize: multiply the gradient by ``hyper[HYPER_SIGN]`` (-1: maximize the
             objective) after clipping, before the decay terms.
+        bias_from_step: bias corrections ``1 - beta ** t`` from the current betas and the
+            step number ``t = pows_in[POW_STEP] + 1`` (torch's), instead of the stored pows
+            (Paddle's); the pows still advance.
     """
     check_interpretable(param.device)  # first: the checks below read device tensors' metadata
     cdtype = compute_dtype_for(param.dtype)
@@ -527,7 +536,8 @@ def adam_update_(
                                 clip_scale=clip_scale is not None, clip_value=clip_value,
                                 master=master is not None, unscale=grad_scale is not None,
                                 skip_on_inf=found_inf is not None,
-                                lr_on_device=lr_ptr is not None, maximize=maximize),
+                                lr_on_device=lr_ptr is not None, maximize=maximize,
+                                bias_from_step=bias_from_step),
             num_warps=NUM_WARPS,
             enable_fp_fusion=FP_FUSION,
         )
@@ -555,6 +565,7 @@ def adam_update_tensor_list_(
     grad_scale: torch.Tensor | None = None,
     found_inf: torch.Tensor | None = None,
     maximize: bool = False,
+    bias_from_step: bool = False,
 ) -> None:
     """Apply one Adam step to every active tensor of a bucket, with one kernel launch.
 
@@ -588,6 +599,7 @@ def adam_update_tensor_list_(
             the moments; or None.
         grad_scale, found_inf: AMP's loss scale and overflow flag, as in ``adam_update_``.
         maximize: as in ``adam_update_`` (each row's ``HYPER_SIGN``).
+        bias_from_step: as in ``adam_update_``.
     """
     check_interpretable(exp_avg.device)
     cdtype = exp_avg.dtype
@@ -653,7 +665,8 @@ def adam_update_tensor_list_(
                                      clip_scale=clip_scales is not None, clip_value=clip_value,
                                      master=master is not None, unscale=grad_scale is not None,
                                      skip_on_inf=found_inf is not None,
-                                     lr_on_device=lr_ptr is not None, maximize=maximize),
+                                     lr_on_device=lr_ptr is not None, maximize=maximize,
+                                bias_from_step=bias_from_step),
             num_warps=NUM_WARPS,
             enable_fp_fusion=FP_FUSION,
         )
@@ -664,7 +677,7 @@ def tensor_list_constexprs(*, param_dtype: torch.dtype, grad_dtype: torch.dtype,
                            clip_scale: bool = False, clip_value: bool = False,
                            master: bool = False, unscale: bool = False,
                            skip_on_inf: bool = False, lr_on_device: bool = False,
-                           maximize: bool = False) -> dict:
+                           maximize: bool = False, bias_from_step: bool = False) -> dict:
     """The constexpr arguments of one multi-tensor specialization (shared with the compile
     check)."""
     return dict(
@@ -683,4 +696,5 @@ def tensor_list_constexprs(*, param_dtype: torch.dtype, grad_dtype: torch.dtype,
         SKIP_ON_INF=bool(skip_on_inf),
         LR_ON_DEVICE=bool(lr_on_device),
         MAXIMIZE=bool(maximize),
+        BIAS_FROM_STEP=bool(bias_from_step),
     )

@@ -52,8 +52,22 @@ __all__ = ["step_scalars", "amp_scalars", "clip_scalars", "grad_sign", "prepare_
 
 
 @triton.jit
+def pow_of_step(beta, t):
+    """``beta ** t`` for a whole ``t`` in [0, 2^24) (a step number), by square-and-multiply
+    in ``beta``'s dtype: a pure function of ``(beta, t)``, the same bits compiled and
+    interpreted, unrolled (no loop), 48 multiplies per program."""
+    n = t.to(tl.int32)
+    result = tl.full((), 1.0, beta.dtype)
+    power = beta
+    for bit in tl.static_range(24):
+        result = tl.where(((n >> bit) & 1) != 0, result * power, result)
+        power = power * power
+    return result
+
+
+@triton.jit
 def step_scalars(hyper_row_ptr, pows_in_row_ptr, lr, lr_ptr, compute_dtype: tl.constexpr,
-                 LR_ON_DEVICE: tl.constexpr):
+                 LR_ON_DEVICE: tl.constexpr, BIAS_FROM_STEP: tl.constexpr):
     """The per-tensor scalars of a step, read once per program (shared by every kernel):
     ``(lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd)``.
 
@@ -72,8 +86,15 @@ def step_scalars(hyper_row_ptr, pows_in_row_ptr, lr, lr_ptr, compute_dtype: tl.c
     l2 = tl.load(hyper_row_ptr + HYPER_L2_C)
     l1 = tl.load(hyper_row_ptr + HYPER_L1_C)
     wd = tl.load(hyper_row_ptr + HYPER_WD_C)
-    beta1_pow = tl.load(pows_in_row_ptr + POW_BETA1_C)
-    beta2_pow = tl.load(pows_in_row_ptr + POW_BETA2_C)
+    if BIAS_FROM_STEP:
+        # torch's bias correction: the current betas to the power of this step's number (the
+        # steps applied + 1), not the product of the betas of every step (Paddle's pows).
+        t = tl.load(pows_in_row_ptr + POW_STEP_C) + 1.0
+        beta1_pow = pow_of_step(beta1, t)
+        beta2_pow = pow_of_step(beta2, t)
+    else:
+        beta1_pow = tl.load(pows_in_row_ptr + POW_BETA1_C)
+        beta2_pow = tl.load(pows_in_row_ptr + POW_BETA2_C)
     # Scalars once per program; the per-element work is then multiplies and one divide.
     lr_t = (lr * lr_scale).to(compute_dtype)
     # Correctly rounded sqrt and division (as CUDA's defaults, which Paddle's kernel uses):

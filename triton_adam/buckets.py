@@ -99,7 +99,8 @@ class Bucket:
 
     def __init__(self, params: Sequence[torch.Tensor], configs: Sequence[MemberConfig], *,
                  amsgrad: bool, multi_tensor: bool, grad_dtype: torch.dtype | None = None,
-                 multi_precision: bool = False, capturable: bool = False) -> None:
+                 multi_precision: bool = False, capturable: bool = False,
+                 bias_from_step: bool = False) -> None:
         if not params:
             raise ValueError("a bucket needs at least one parameter")
         self.params = list(params)  # what the user holds: .grad, .requires_grad, names
@@ -120,6 +121,8 @@ class Bucket:
         self.multi_tensor = multi_tensor
         # Capturable: every step passes the same launch arguments (see ``launch``).
         self.capturable = capturable
+        # torch's bias corrections (from the step count and the current betas)
+        self.bias_from_step = bias_from_step
         self._retired: list[object] = []  # see _retire
         self._derive()
 
@@ -579,7 +582,8 @@ class Bucket:
                 clip_scale=clip_scales[c:c + 1] if self.clip_scale else None,
                 clip_value=self.clip_value,
                 master=None if self.master is None else self.state_view(self.master, j),
-                grad_scale=grad_scale, found_inf=found_inf, maximize=self.maximize)
+                grad_scale=grad_scale, found_inf=found_inf, maximize=self.maximize,
+                bias_from_step=self.bias_from_step)
             self._advance_slot(j)
             self._remember(j, g)
         for j, g in plan.sparse:
@@ -610,7 +614,7 @@ class Bucket:
             master=None if self.master is None else self.state_view(self.master, j),
             clip_scale=clip_scales[c:c + 1] if c > 0 else None,
             clip_value=self.configs[j].clip_value, grad_scale=grad_scale, found_inf=found_inf,
-            maximize=self.maximize)
+            maximize=self.maximize, bias_from_step=self.bias_from_step)
 
     def _remember(self, j: int, g: torch.Tensor) -> None:
         self._built_grads[j] = weakref.ref(g)
@@ -660,7 +664,7 @@ class Bucket:
             coupled_decay=self.coupled_decay, decoupled_decay=self.decoupled_decay,
             clip_scales=clip_scales if self.clip_scale else None, clip_value=self.clip_value,
             master=self.master, grad_scale=grad_scale, found_inf=found_inf,
-            maximize=self.maximize)
+            maximize=self.maximize, bias_from_step=self.bias_from_step)
         # Sparse (lazy) members after the dense launch, whose pow pass copied their pows into
         # slot 1 - s: the row kernel overwrites them there with the advanced ones.
         for j, g in plan.sparse:

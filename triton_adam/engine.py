@@ -139,13 +139,19 @@ class Engine:
             capturable engines) as a vector of that many float64 entries; each parameter reads
             the entry of its ``ParamConfig.lr_index`` (``set_lr(value, slot)``,
             ``copy_lr(tensor, slot)``).
+        device_lr: keep the learning rate on the device even with one slot (a front end
+            whose rates change with each group's options).
+        bias_from_step: bias corrections ``1 - beta ** t`` from the current betas and the
+            step number (torch's), computed in the kernels, instead of the stored pows, the
+            product of the betas of every step (Paddle's). Either way the state keeps both.
     """
 
     def __init__(self, params: Sequence[torch.Tensor],
                  configure: Callable[[int], ParamConfig], *, amsgrad: bool = False,
                  master_weights: bool = False, multi_tensor: bool = False,
                  label_of: Callable[[int], str] | None = None,
-                 capturable: bool = False, lr_slots: int = 1) -> None:
+                 capturable: bool = False, lr_slots: int = 1, device_lr: bool = False,
+                 bias_from_step: bool = False) -> None:
         self.params = list(params)
         self._configure = configure
         self._label_of = label_of or (lambda i: f"params[{i}]")
@@ -153,12 +159,13 @@ class Engine:
         self.master_weights = bool(master_weights)
         self.multi_tensor = bool(multi_tensor)
         self.capturable = bool(capturable)
+        self.bias_from_step = bool(bias_from_step)
         if isinstance(lr_slots, bool) or not isinstance(lr_slots, int) or lr_slots < 1:
             raise ValueError(f"lr_slots must be a positive int, got {lr_slots!r}")
         self.lr_slots = lr_slots
         # The kernels read the learning rate from the device (capturable engines, or one rate
         # per parameter group): a float64 vector per device.
-        self.device_lr = self.capturable or lr_slots > 1
+        self.device_lr = self.capturable or lr_slots > 1 or bool(device_lr)
         self._check_params(range(len(self.params)))
         self.devices = {D.local_tensor(p).device for p in self.params}
         self._index_of = {id(p): i for i, p in enumerate(self.params)}
@@ -358,7 +365,8 @@ class Engine:
             return Bucket([self.params[i] for i in chosen], [configs[i] for i in chosen],
                           amsgrad=self.amsgrad, multi_tensor=self.multi_tensor,
                           grad_dtype=grad_dtype_of(first),
-                          multi_precision=self.master_weights, capturable=self.capturable)
+                          multi_precision=self.master_weights, capturable=self.capturable,
+                          bias_from_step=self.bias_from_step)
 
         for bucket in group_into_buckets([self.params[i] for i in indices], make):
             for j, p in enumerate(bucket.params):
