@@ -73,7 +73,9 @@ from .common import (  # the layout and configuration are re-exported: the engin
     HYPER_EPS,
     HYPER_L1,
     HYPER_L2,
+    HYPER_LR_INDEX,
     HYPER_LR_SCALE,
+    HYPER_SIGN,
     HYPER_WD,
     HYPER_WIDTH,
     HYPER_WIDTH_C,
@@ -83,6 +85,8 @@ from .common import (  # the layout and configuration are re-exported: the engin
     POW_BETA1_C,
     POW_BETA2,
     POW_SLOT_WIDTH,
+    POW_STEP,
+    POW_STEP_C,
     POW_SLOT_WIDTH_C,
     STATE_ALIGN,
     STATE_ALIGN_C,
@@ -100,6 +104,7 @@ from .update import (
     advance_pows,
     amp_scalars,
     clip_scalars,
+    grad_sign,
     prepare_grad,
     step_scalars,
 )
@@ -110,8 +115,8 @@ __all__ = [
     # Re-exported from kernels/common.py (the launch configuration and table layouts):
     "BLOCK_SIZE", "NUM_WARPS", "CHUNK_SIZE", "FP_FUSION", "LOW_PRECISION", "HYPER_LR_SCALE",
     "HYPER_BETA1", "HYPER_BETA2", "HYPER_EPS", "HYPER_L2", "HYPER_L1", "HYPER_WD",
-    "HYPER_CLIP_MIN", "HYPER_CLIP_MAX", "HYPER_WIDTH", "POW_BETA1", "POW_BETA2",
-    "POW_SLOT_WIDTH", "TABLE_WIDTH", "COL_PARAM_ADDR", "COL_GRAD_ADDR", "COL_NUMEL",
+    "HYPER_CLIP_MIN", "HYPER_CLIP_MAX", "HYPER_SIGN", "HYPER_LR_INDEX", "HYPER_WIDTH",
+    "POW_BETA1", "POW_BETA2", "POW_STEP", "POW_SLOT_WIDTH", "TABLE_WIDTH", "COL_PARAM_ADDR", "COL_GRAD_ADDR", "COL_NUMEL",
     "COL_STATE_OFFSET", "COL_ACTIVE", "COL_CLIP_INDEX", "STATE_ALIGN",
 ]
 
@@ -147,6 +152,7 @@ def _adam_block(
     clip_lo,
     clip_hi,
     inv_grad_scale,
+    sign,
     AMSGRAD: tl.constexpr,
     COUPLED_DECAY: tl.constexpr,
     DECOUPLED_DECAY: tl.constexpr,
@@ -154,6 +160,7 @@ def _adam_block(
     CLIP_VALUE: tl.constexpr,
     MASTER: tl.constexpr,
     UNSCALE: tl.constexpr,
+    MAXIMIZE: tl.constexpr,
 ):
     """Loads, updates and stores one block; ``mask`` is None on full blocks (vector access).
 
@@ -170,8 +177,8 @@ def _adam_block(
         p = tl.load(param_ptr + offs, mask=mask).to(compute_dtype)
     g = tl.load(grad_ptr + offs, mask=mask).to(compute_dtype)
     # AMP unscale, then the norm clip's scale, then the value clip (kernels/update.py).
-    g = prepare_grad(g, inv_grad_scale, g_scale, clip_lo, clip_hi, UNSCALE, CLIP_SCALE,
-                     CLIP_VALUE)
+    g = prepare_grad(g, inv_grad_scale, g_scale, clip_lo, clip_hi, sign, UNSCALE, CLIP_SCALE,
+                     CLIP_VALUE, MAXIMIZE)
     m = tl.load(exp_avg_ptr + offs, mask=mask)
     v = tl.load(exp_avg_sq_ptr + offs, mask=mask)
     if AMSGRAD:
@@ -216,17 +223,20 @@ def _adam_kernel(
     UNSCALE: tl.constexpr,  # divide the gradient by *grad_scale_ptr (AMP)
     SKIP_ON_INF: tl.constexpr,  # change nothing when *found_inf_ptr is set (AMP)
     LR_ON_DEVICE: tl.constexpr,  # read the learning rate at lr_ptr (capturable steps)
+    MAXIMIZE: tl.constexpr,  # multiply the gradient by the hyper row's sign (maximize)
+    BIAS_FROM_STEP: tl.constexpr,  # bias corrections from the step count (torch), not the pows
 ):
     compute_dtype = exp_avg_ptr.dtype.element_ty
     pid = tl.program_id(0).to(tl.int64)  # int64: ranges beyond 2^31 elements exist
     block_start = pid * BLOCK
     offs = block_start + tl.arange(0, BLOCK)
     lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd = step_scalars(
-        hyper_ptr, pows_in_ptr, lr, lr_ptr, compute_dtype, LR_ON_DEVICE)
+        hyper_ptr, pows_in_ptr, lr, lr_ptr, compute_dtype, LR_ON_DEVICE, BIAS_FROM_STEP)
     g_scale, clip_lo, clip_hi = clip_scalars(clip_scale_ptr, hyper_ptr, compute_dtype,
                                               CLIP_SCALE, CLIP_VALUE)
     inv_grad_scale, skip = amp_scalars(grad_scale_ptr, found_inf_ptr, compute_dtype, UNSCALE,
                                         SKIP_ON_INF)
+    sign = grad_sign(hyper_ptr, compute_dtype, MAXIMIZE)
 
     if SKIP_ON_INF:
         # AMP found an inf/NaN gradient: no element is in range, so every access is masked
@@ -237,13 +247,15 @@ def _adam_kernel(
         # Full block: unmasked, so the compiler keeps 16-byte vector loads and stores.
         _adam_block(param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, max_exp_avg_sq_ptr,
                     master_ptr, offs, None, lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps,
-                    l2, l1, wd, g_scale, clip_lo, clip_hi, inv_grad_scale, AMSGRAD,
-                    COUPLED_DECAY, DECOUPLED_DECAY, CLIP_SCALE, CLIP_VALUE, MASTER, UNSCALE)
+                    l2, l1, wd, g_scale, clip_lo, clip_hi, inv_grad_scale, sign, AMSGRAD,
+                    COUPLED_DECAY, DECOUPLED_DECAY, CLIP_SCALE, CLIP_VALUE, MASTER, UNSCALE,
+                    MAXIMIZE)
     else:
         _adam_block(param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, max_exp_avg_sq_ptr,
                     master_ptr, offs, offs < n_elements, lr_t, step_size, inv_sqrt_bc2, beta1,
-                    beta2, eps, l2, l1, wd, g_scale, clip_lo, clip_hi, inv_grad_scale, AMSGRAD,
-                    COUPLED_DECAY, DECOUPLED_DECAY, CLIP_SCALE, CLIP_VALUE, MASTER, UNSCALE)
+                    beta2, eps, l2, l1, wd, g_scale, clip_lo, clip_hi, inv_grad_scale, sign,
+                    AMSGRAD, COUPLED_DECAY, DECOUPLED_DECAY, CLIP_SCALE, CLIP_VALUE, MASTER,
+                    UNSCALE, MAXIMIZE)
 
     if pid == 0:
         # Re-read (from cache) rather than keep the pows and betas live across the block body
@@ -284,6 +296,8 @@ def _adam_tensor_list_kernel(
     UNSCALE: tl.constexpr,
     SKIP_ON_INF: tl.constexpr,
     LR_ON_DEVICE: tl.constexpr,  # read the learning rate at lr_ptr (capturable steps)
+    MAXIMIZE: tl.constexpr,  # multiply the gradient by the hyper row's sign (maximize)
+    BIAS_FROM_STEP: tl.constexpr,  # bias corrections from the step count (torch), not the pows
 ):
     compute_dtype = exp_avg_ptr.dtype.element_ty
     pid = tl.program_id(0).to(tl.int64)  # int64: chunk-table offsets beyond 2^31 exist
@@ -310,6 +324,14 @@ def _adam_tensor_list_kernel(
                 factor = tl.where(tl.load(found_inf_ptr) != 0, 1.0, factor)
             tl.store(pows_out_ptr + j * POW_SLOT_WIDTH_C + (POW_BETA1_C + which),
                      pow_in * factor, mask=in_range)
+        # The step count: + 1 for the active tensors of a step that is not skipped.
+        count = active
+        if SKIP_ON_INF:
+            # (tl.where: the interpreter cannot `&` a block of bools with a scalar one)
+            count = tl.where(tl.load(found_inf_ptr) == 0, count, False)
+        step = tl.load(pows_in_ptr + j * POW_SLOT_WIDTH_C + POW_STEP_C, mask=in_range)
+        tl.store(pows_out_ptr + j * POW_SLOT_WIDTH_C + POW_STEP_C,
+                 step + tl.where(count, 1.0, 0.0).to(step.dtype), mask=in_range)
     else:
         chunk_row = chunk_table_ptr + CHUNK_TABLE_WIDTH_C * pid
         t = tl.load(chunk_row + CHUNK_TENSOR_C)
@@ -327,10 +349,11 @@ def _adam_tensor_list_kernel(
         state_offset = tl.multiple_of(tl.load(row + COL_STATE_OFFSET_C), STATE_ALIGN_C)
         lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd = step_scalars(
             hyper_ptr + t * HYPER_WIDTH_C, pows_in_ptr + t * POW_SLOT_WIDTH_C, lr, lr_ptr,
-            compute_dtype, LR_ON_DEVICE)
+            compute_dtype, LR_ON_DEVICE, BIAS_FROM_STEP)
         g_scale, clip_lo, clip_hi = clip_scalars(
             clip_scales_ptr + tl.load(row + COL_CLIP_INDEX_C), hyper_ptr + t * HYPER_WIDTH_C,
             compute_dtype, CLIP_SCALE, CLIP_VALUE)
+        sign = grad_sign(hyper_ptr + t * HYPER_WIDTH_C, compute_dtype, MAXIMIZE)
 
         block_start = chunk * BLOCK  # int64
         offs = block_start + tl.arange(0, BLOCK)
@@ -352,20 +375,21 @@ def _adam_tensor_list_kernel(
                 grad_ptr = tl.multiple_of(grad_ptr, 16)
             _adam_block(param_ptr, grad_ptr, m_ptr, v_ptr, vmax_ptr, w_ptr, offs, None, lr_t,
                         step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd, g_scale,
-                        clip_lo, clip_hi, inv_grad_scale, AMSGRAD, COUPLED_DECAY,
-                        DECOUPLED_DECAY, CLIP_SCALE, CLIP_VALUE, MASTER, UNSCALE)
+                        clip_lo, clip_hi, inv_grad_scale, sign, AMSGRAD, COUPLED_DECAY,
+                        DECOUPLED_DECAY, CLIP_SCALE, CLIP_VALUE, MASTER, UNSCALE, MAXIMIZE)
         else:
             _adam_block(param_ptr, grad_ptr, m_ptr, v_ptr, vmax_ptr, w_ptr, offs,
                         offs < n_elements, lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps,
-                        l2, l1, wd, g_scale, clip_lo, clip_hi, inv_grad_scale, AMSGRAD,
+                        l2, l1, wd, g_scale, clip_lo, clip_hi, inv_grad_scale, sign, AMSGRAD,
                         COUPLED_DECAY, DECOUPLED_DECAY, CLIP_SCALE, CLIP_VALUE, MASTER,
-                        UNSCALE)
+                        UNSCALE, MAXIMIZE)
 
 
 def kernel_constexprs(*, amsgrad: bool, coupled_decay: bool, decoupled_decay: bool,
                       clip_scale: bool = False, clip_value: bool = False, master: bool = False,
                       unscale: bool = False, skip_on_inf: bool = False,
-                      lr_on_device: bool = False) -> dict:
+                      lr_on_device: bool = False, maximize: bool = False,
+                      bias_from_step: bool = False) -> dict:
     """The constexpr arguments of one specialization (shared with the compile check)."""
     return dict(
         BLOCK=BLOCK_SIZE,
@@ -378,6 +402,8 @@ def kernel_constexprs(*, amsgrad: bool, coupled_decay: bool, decoupled_decay: bo
         UNSCALE=bool(unscale),
         SKIP_ON_INF=bool(skip_on_inf),
         LR_ON_DEVICE=bool(lr_on_device),
+        MAXIMIZE=bool(maximize),
+        BIAS_FROM_STEP=bool(bias_from_step),
     )
 
 
@@ -420,6 +446,8 @@ def adam_update_(
     master: torch.Tensor | None = None,
     grad_scale: torch.Tensor | None = None,
     found_inf: torch.Tensor | None = None,
+    maximize: bool = False,
+    bias_from_step: bool = False,
 ) -> None:
     """Apply one Adam step to ``param`` in place, with one kernel launch.
 
@@ -447,6 +475,11 @@ def adam_update_(
         grad_scale: AMP's loss scale (1 element, device): the gradient is divided by it.
         found_inf: AMP's overflow flag (1 element, device): when nonzero nothing changes
             (param, master, moments; the pows are copied, not advanced).
+        maximize: multiply the gradient by ``hyper[HYPER_SIGN]`` (-1: maximize the
+            objective) after clipping, before the decay terms.
+        bias_from_step: bias corrections ``1 - beta ** t`` from the current betas and the
+            step number ``t = pows_in[POW_STEP] + 1`` (torch's), instead of the stored pows
+            (Paddle's); the pows still advance.
     """
     check_interpretable(param.device)  # first: the checks below read device tensors' metadata
     cdtype = compute_dtype_for(param.dtype)
@@ -503,7 +536,8 @@ def adam_update_(
                                 clip_scale=clip_scale is not None, clip_value=clip_value,
                                 master=master is not None, unscale=grad_scale is not None,
                                 skip_on_inf=found_inf is not None,
-                                lr_on_device=lr_ptr is not None),
+                                lr_on_device=lr_ptr is not None, maximize=maximize,
+                                bias_from_step=bias_from_step),
             num_warps=NUM_WARPS,
             enable_fp_fusion=FP_FUSION,
         )
@@ -530,6 +564,8 @@ def adam_update_tensor_list_(
     master: torch.Tensor | None = None,
     grad_scale: torch.Tensor | None = None,
     found_inf: torch.Tensor | None = None,
+    maximize: bool = False,
+    bias_from_step: bool = False,
 ) -> None:
     """Apply one Adam step to every active tensor of a bucket, with one kernel launch.
 
@@ -562,6 +598,8 @@ def adam_update_tensor_list_(
         master: the bucket's flat float32 master weights (fp16/bf16 params), laid out like
             the moments; or None.
         grad_scale, found_inf: AMP's loss scale and overflow flag, as in ``adam_update_``.
+        maximize: as in ``adam_update_`` (each row's ``HYPER_SIGN``).
+        bias_from_step: as in ``adam_update_``.
     """
     check_interpretable(exp_avg.device)
     cdtype = exp_avg.dtype
@@ -627,7 +665,8 @@ def adam_update_tensor_list_(
                                      clip_scale=clip_scales is not None, clip_value=clip_value,
                                      master=master is not None, unscale=grad_scale is not None,
                                      skip_on_inf=found_inf is not None,
-                                     lr_on_device=lr_ptr is not None),
+                                     lr_on_device=lr_ptr is not None, maximize=maximize,
+                                bias_from_step=bias_from_step),
             num_warps=NUM_WARPS,
             enable_fp_fusion=FP_FUSION,
         )
@@ -637,7 +676,8 @@ def tensor_list_constexprs(*, param_dtype: torch.dtype, grad_dtype: torch.dtype,
                            amsgrad: bool, coupled_decay: bool, decoupled_decay: bool,
                            clip_scale: bool = False, clip_value: bool = False,
                            master: bool = False, unscale: bool = False,
-                           skip_on_inf: bool = False, lr_on_device: bool = False) -> dict:
+                           skip_on_inf: bool = False, lr_on_device: bool = False,
+                           maximize: bool = False, bias_from_step: bool = False) -> dict:
     """The constexpr arguments of one multi-tensor specialization (shared with the compile
     check)."""
     return dict(
@@ -655,4 +695,6 @@ def tensor_list_constexprs(*, param_dtype: torch.dtype, grad_dtype: torch.dtype,
         UNSCALE=bool(unscale),
         SKIP_ON_INF=bool(skip_on_inf),
         LR_ON_DEVICE=bool(lr_on_device),
+        MAXIMIZE=bool(maximize),
+        BIAS_FROM_STEP=bool(bias_from_step),
     )

@@ -114,6 +114,8 @@ HYPER_L1 = 5  # coupled L1Decay coefficient: g += l1 * sign(p)
 HYPER_WD = 6  # decoupled (AdamW) coefficient: p -= lr_t * wd * p
 HYPER_CLIP_MIN = 7  # ClipGradByValue bounds (-inf / inf for a tensor without value clipping)
 HYPER_CLIP_MAX = 8
+HYPER_SIGN = 9  # multiplies the gradient (MAXIMIZE only): -1 to maximize, else 1
+HYPER_LR_INDEX = 10  # which entry of the device learning-rate vector (LR_ON_DEVICE only)
 HYPER_WIDTH = 16  # padded to 16 so consecutive rows of a table stay 16-byte aligned
 
 # A pow slot holds (beta1_pow, beta2_pow) padded to 16 bytes in either compute dtype, so both
@@ -121,6 +123,7 @@ HYPER_WIDTH = 16  # padded to 16 so consecutive rows of a table stay 16-byte ali
 # specialization of the pointer.
 POW_BETA1 = 0  # beta1^t
 POW_BETA2 = 1  # beta2^t
+POW_STEP = 2  # t: the steps applied (a skipped AMP step does not count), exact below 2^24
 POW_SLOT_WIDTH = 4
 
 # The multi-tensor kernel's tables. A row of the int64 tensor table describes one tensor of a
@@ -148,9 +151,12 @@ HYPER_L1_C = tl.constexpr(HYPER_L1)
 HYPER_WD_C = tl.constexpr(HYPER_WD)
 HYPER_CLIP_MIN_C = tl.constexpr(HYPER_CLIP_MIN)
 HYPER_CLIP_MAX_C = tl.constexpr(HYPER_CLIP_MAX)
+HYPER_SIGN_C = tl.constexpr(HYPER_SIGN)
+HYPER_LR_INDEX_C = tl.constexpr(HYPER_LR_INDEX)
 HYPER_WIDTH_C = tl.constexpr(HYPER_WIDTH)
 POW_BETA1_C = tl.constexpr(POW_BETA1)
 POW_BETA2_C = tl.constexpr(POW_BETA2)
+POW_STEP_C = tl.constexpr(POW_STEP)
 POW_SLOT_WIDTH_C = tl.constexpr(POW_SLOT_WIDTH)
 TABLE_WIDTH_C = tl.constexpr(TABLE_WIDTH)
 COL_PARAM_ADDR_C = tl.constexpr(COL_PARAM_ADDR)
@@ -273,12 +279,13 @@ def upload(host: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tenso
 def lr_arguments(lr: float | torch.Tensor, device: torch.device
                  ) -> tuple[float, torch.Tensor | None]:
     """``(lr, lr_ptr)`` of an update launch: a Python float travels as the kernel's float64
-    argument; a one-element float64 tensor on the launch's device is read by the kernel
-    (``LR_ON_DEVICE``), so that every step passes the same arguments, as a CUDA graph replays
-    them."""
+    argument; a contiguous float64 vector on the launch's device is read by the kernel
+    (``LR_ON_DEVICE``: each tensor reads the entry its hyper row's ``HYPER_LR_INDEX`` names),
+    so that every step passes the same arguments, as a CUDA graph replays them."""
     if isinstance(lr, torch.Tensor):
-        if not (lr.dtype == torch.float64 and lr.numel() == 1 and lr.device == device):
-            raise ValueError(f"a tensor learning rate must be one float64 element on {device}, "
-                             f"got {lr.dtype} {tuple(lr.shape)} on {lr.device}")
+        if not (lr.dtype == torch.float64 and lr.dim() == 1 and lr.numel() >= 1
+                and lr.is_contiguous() and lr.device == device):
+            raise ValueError(f"a tensor learning rate must be a contiguous float64 vector on "
+                             f"{device}, got {lr.dtype} {tuple(lr.shape)} on {lr.device}")
         return 0.0, lr
     return float(lr), None

@@ -113,6 +113,7 @@ from .update import (
     advance_pows,
     amp_scalars,
     clip_scalars,
+    grad_sign,
     prepare_grad,
     step_scalars,
 )
@@ -188,6 +189,8 @@ def _lazy_adam_kernel(
     UNSCALE: tl.constexpr,  # divide it by *grad_scale_ptr (AMP), before clipping
     SKIP_ON_INF: tl.constexpr,  # change nothing, copy the pows, when *found_inf_ptr
     LR_ON_DEVICE: tl.constexpr,  # read the learning rate at lr_ptr (capturable steps)
+    MAXIMIZE: tl.constexpr,  # multiply each row's gradient by the hyper row's sign
+    BIAS_FROM_STEP: tl.constexpr,  # bias corrections from the step count (torch), not the pows
 ):
     compute_dtype = exp_avg_ptr.dtype.element_ty
     k = tl.program_id(0)  # position in the sorted ids
@@ -216,11 +219,12 @@ def _lazy_adam_kernel(
                                         False)
         g_scale, clip_lo, clip_hi = clip_scalars(clip_scale_ptr, hyper_ptr, compute_dtype,
                                                  CLIP_SCALE, CLIP_VALUE)
-        g = prepare_grad(g, inv_grad_scale, g_scale, clip_lo, clip_hi, UNSCALE, CLIP_SCALE,
-                         CLIP_VALUE)
+        sign = grad_sign(hyper_ptr, compute_dtype, MAXIMIZE)
+        g = prepare_grad(g, inv_grad_scale, g_scale, clip_lo, clip_hi, sign, UNSCALE,
+                         CLIP_SCALE, CLIP_VALUE, MAXIMIZE)
 
         lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd = step_scalars(
-            hyper_ptr, pows_in_ptr, lr, lr_ptr, compute_dtype, LR_ON_DEVICE)
+            hyper_ptr, pows_in_ptr, lr, lr_ptr, compute_dtype, LR_ON_DEVICE, BIAS_FROM_STEP)
         # The row's start in every table is an int64 scalar added to each pointer once; the
         # columns are int32 offsets from it (per-element int64 offsets cost registers).
         row_start = row * width
@@ -328,7 +332,8 @@ def row_block_config(width: int) -> tuple[int, int]:
 def lazy_kernel_constexprs(*, block_w: int, amsgrad: bool, coupled_decay: bool,
                            decoupled_decay: bool, master: bool, clip_scale: bool = False,
                            clip_value: bool = False, unscale: bool = False,
-                           skip_on_inf: bool = False, lr_on_device: bool = False) -> dict:
+                           skip_on_inf: bool = False, lr_on_device: bool = False,
+                           maximize: bool = False, bias_from_step: bool = False) -> dict:
     """The constexpr arguments of one specialization (shared with the compile check)."""
     return dict(
         BLOCK_W=int(block_w),
@@ -341,6 +346,8 @@ def lazy_kernel_constexprs(*, block_w: int, amsgrad: bool, coupled_decay: bool,
         UNSCALE=bool(unscale),
         SKIP_ON_INF=bool(skip_on_inf),
         LR_ON_DEVICE=bool(lr_on_device),
+        MAXIMIZE=bool(maximize),
+        BIAS_FROM_STEP=bool(bias_from_step),
     )
 
 
@@ -368,6 +375,8 @@ def sparse_adam_update_(
     clip_value: bool = False,
     grad_scale: torch.Tensor | None = None,
     found_inf: torch.Tensor | None = None,
+    maximize: bool = False,
+    bias_from_step: bool = False,
 ) -> bool:
     """Apply one lazy Adam step (only the rows present in ``grad``) to ``param`` in place.
 
@@ -418,6 +427,8 @@ def sparse_adam_update_(
         found_inf: AMP's overflow flag (1 element, device): when nonzero nothing changes
             (param, master, moments) and the pows are copied to ``pows_out`` unchanged, as
             the dense kernels do, so the caller flips its pow slots whenever this returns True.
+        maximize: multiply each row's gradient by ``hyper[HYPER_SIGN]`` (after clipping).
+        bias_from_step: torch's bias corrections from the step count (``adam_update_``).
     """
     check_interpretable(param.device)
     _check(grad.layout == torch.sparse_coo, lambda: f"grad layout {grad.layout} is not "
@@ -497,7 +508,8 @@ def sparse_adam_update_(
                                      clip_scale=clip_scale is not None, clip_value=clip_value,
                                      unscale=grad_scale is not None,
                                      skip_on_inf=found_inf is not None,
-                                     lr_on_device=lr_ptr is not None),
+                                     lr_on_device=lr_ptr is not None, maximize=maximize,
+                                     bias_from_step=bias_from_step),
             num_warps=num_warps,
             enable_fp_fusion=FP_FUSION,
             **_register_budget(param.device),

@@ -36,30 +36,49 @@ from .common import (
     HYPER_EPS_C,
     HYPER_L1_C,
     HYPER_L2_C,
+    HYPER_LR_INDEX_C,
     HYPER_LR_SCALE_C,
+    HYPER_SIGN_C,
     HYPER_WD_C,
     POW_BETA1_C,
     POW_BETA2_C,
+    POW_STEP_C,
     div_rn,
     sqrt_rn,
 )
 
-__all__ = ["step_scalars", "amp_scalars", "clip_scalars", "prepare_grad", "adam_math",
-           "advance_pows"]
+__all__ = ["step_scalars", "amp_scalars", "clip_scalars", "grad_sign", "prepare_grad",
+           "adam_math", "advance_pows"]
+
+
+@triton.jit
+def pow_of_step(beta, t):
+    """``beta ** t`` for a whole ``t`` in [0, 2^24) (a step number), by square-and-multiply
+    in ``beta``'s dtype: a pure function of ``(beta, t)``, the same bits compiled and
+    interpreted, unrolled (no loop), 48 multiplies per program."""
+    n = t.to(tl.int32)
+    result = tl.full((), 1.0, beta.dtype)
+    power = beta
+    for bit in tl.static_range(24):
+        result = tl.where(((n >> bit) & 1) != 0, result * power, result)
+        power = power * power
+    return result
 
 
 @triton.jit
 def step_scalars(hyper_row_ptr, pows_in_row_ptr, lr, lr_ptr, compute_dtype: tl.constexpr,
-                 LR_ON_DEVICE: tl.constexpr):
+                 LR_ON_DEVICE: tl.constexpr, BIAS_FROM_STEP: tl.constexpr):
     """The per-tensor scalars of a step, read once per program (shared by every kernel):
     ``(lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd)``.
 
-    The learning rate is the float64 argument ``lr``, or with ``LR_ON_DEVICE`` the float64 at
-    ``lr_ptr`` (capturable steps: a CUDA graph replays its launches with the arguments of
-    capture, so a learning rate that changes between replays must be read from memory). The
-    same float64 value gives the same bits either way."""
+    The learning rate is the float64 argument ``lr``, or with ``LR_ON_DEVICE`` the float64
+    entry of the vector at ``lr_ptr`` that the row's ``HYPER_LR_INDEX`` names (capturable
+    steps: a CUDA graph replays its launches with the arguments of capture, so a learning rate
+    that changes between replays must be read from memory; one entry per parameter group when
+    groups have learning rates of their own). The same float64 value gives the same bits
+    either way."""
     if LR_ON_DEVICE:
-        lr = tl.load(lr_ptr)
+        lr = tl.load(lr_ptr + tl.load(hyper_row_ptr + HYPER_LR_INDEX_C).to(tl.int32))
     lr_scale = tl.load(hyper_row_ptr + HYPER_LR_SCALE_C)
     beta1 = tl.load(hyper_row_ptr + HYPER_BETA1_C)
     beta2 = tl.load(hyper_row_ptr + HYPER_BETA2_C)
@@ -67,8 +86,15 @@ def step_scalars(hyper_row_ptr, pows_in_row_ptr, lr, lr_ptr, compute_dtype: tl.c
     l2 = tl.load(hyper_row_ptr + HYPER_L2_C)
     l1 = tl.load(hyper_row_ptr + HYPER_L1_C)
     wd = tl.load(hyper_row_ptr + HYPER_WD_C)
-    beta1_pow = tl.load(pows_in_row_ptr + POW_BETA1_C)
-    beta2_pow = tl.load(pows_in_row_ptr + POW_BETA2_C)
+    if BIAS_FROM_STEP:
+        # torch's bias correction: the current betas to the power of this step's number (the
+        # steps applied + 1), not the product of the betas of every step (Paddle's pows).
+        t = tl.load(pows_in_row_ptr + POW_STEP_C) + 1.0
+        beta1_pow = pow_of_step(beta1, t)
+        beta2_pow = pow_of_step(beta2, t)
+    else:
+        beta1_pow = tl.load(pows_in_row_ptr + POW_BETA1_C)
+        beta2_pow = tl.load(pows_in_row_ptr + POW_BETA2_C)
     # Scalars once per program; the per-element work is then multiplies and one divide.
     lr_t = (lr * lr_scale).to(compute_dtype)
     # Correctly rounded sqrt and division (as CUDA's defaults, which Paddle's kernel uses):
@@ -115,8 +141,19 @@ def clip_scalars(clip_scale_ptr, hyper_row_ptr, compute_dtype: tl.constexpr,
 
 
 @triton.jit
-def prepare_grad(g, inv_grad_scale, g_scale, clip_lo, clip_hi, UNSCALE: tl.constexpr,
-                 CLIP_SCALE: tl.constexpr, CLIP_VALUE: tl.constexpr):
+def grad_sign(hyper_row_ptr, compute_dtype: tl.constexpr, MAXIMIZE: tl.constexpr):
+    """The factor of the gradient: the row's ``HYPER_SIGN`` (-1 maximizes) with MAXIMIZE."""
+    if MAXIMIZE:
+        sign = tl.load(hyper_row_ptr + HYPER_SIGN_C)
+    else:
+        sign = tl.full((), 1.0, compute_dtype)
+    return sign
+
+
+@triton.jit
+def prepare_grad(g, inv_grad_scale, g_scale, clip_lo, clip_hi, sign, UNSCALE: tl.constexpr,
+                 CLIP_SCALE: tl.constexpr, CLIP_VALUE: tl.constexpr,
+                 MAXIMIZE: tl.constexpr):
     """The gradient the update uses, from ``g`` as read (in the compute dtype): AMP's loss
     scale comes off first (as GradScaler unscales before the optimizer clips), then the norm
     clip's scale, then the value clip (``ClipGradByValue``; NaN stays NaN). Paddle clips
@@ -127,6 +164,8 @@ def prepare_grad(g, inv_grad_scale, g_scale, clip_lo, clip_hi, UNSCALE: tl.const
         g = g * g_scale
     if CLIP_VALUE:
         g = tl.where(g < clip_lo, clip_lo, tl.where(g > clip_hi, clip_hi, g))
+    if MAXIMIZE:
+        g = g * sign  # exact: the sign of the gradient the decay terms are added to
     return g
 
 
@@ -171,3 +210,9 @@ def advance_pows(hyper_row_ptr, pows_in_ptr, pows_out_ptr, found_inf_ptr,
         beta2 = tl.where(tl.load(found_inf_ptr) != 0, 1.0, beta2).to(beta2.dtype)
     tl.store(pows_out_ptr + POW_BETA1_C, tl.load(pows_in_ptr + POW_BETA1_C) * beta1)
     tl.store(pows_out_ptr + POW_BETA2_C, tl.load(pows_in_ptr + POW_BETA2_C) * beta2)
+    step = tl.load(pows_in_ptr + POW_STEP_C)
+    if SKIP_ON_INF:
+        step = tl.where(tl.load(found_inf_ptr) != 0, step, step + 1.0).to(step.dtype)
+    else:
+        step = step + 1.0
+    tl.store(pows_out_ptr + POW_STEP_C, step)

@@ -89,17 +89,33 @@ def _capturable_variants() -> list[tuple]:
              "master amp capturable")]
 
 
-def _mode_words(mp: str | None) -> tuple[bool, bool, bool]:
-    """(master weights, AMP, capturable) of a variant's mode string."""
+def _torch_variants() -> list[tuple]:
+    """The PyTorch face's updates (``triton_adam.optim``): torch's bias corrections from the
+    step count (``BIAS_FROM_STEP``: 48 scalar multiplies per program) and the learning rate
+    of each parameter group read from the device; with ``maximize`` one more multiply per
+    element. The same bytes per element as the other modes."""
+    return [(torch.float32, torch.float32, True, False, True, "i32", True, "torch maximize"),
+            (torch.float32, torch.float32, False, True, False, "i32", False, "torch"),
+            (torch.float64, torch.float64, True, False, True, "i32", False, "torch"),
+            (torch.bfloat16, torch.bfloat16, False, False, True, "i32", True,
+             "master amp torch")]
+
+
+def _mode_words(mp: str | None) -> dict[str, bool]:
+    """The constexpr switches a variant's mode string names (master weights, AMP, a
+    capturable or PyTorch-face step, maximize)."""
     words = set((mp or "").split())
-    return "master" in words, "amp" in words, "capturable" in words
+    torch_face = "torch" in words
+    return dict(master="master" in words, unscale="amp" in words, skip_on_inf="amp" in words,
+                lr_on_device="capturable" in words or torch_face, bias_from_step=torch_face,
+                maximize="maximize" in words)
 
 
 def _floor_mode(dtype: torch.dtype, grad: torch.dtype, amsgrad: bool, mp: str | None) -> str:
     """The perf/floors.py row a specialization must meet."""
     if dtype not in (torch.float16, torch.bfloat16):
         return _TRITON_TYPE[dtype] + " amsgrad" * amsgrad
-    kind = "half master" if _mode_words(mp)[0] else "half"
+    kind = "half master" if _mode_words(mp)["master"] else "half"
     return kind + (" fp32-grad" if grad == torch.float32 else "") + " amsgrad" * amsgrad
 
 
@@ -120,15 +136,13 @@ def adam_specializations() -> list[Specialization]:
     # Gradient clipping (a norm clip's scale and value bounds, both applied as g is read).
     variants += [(d, d, a, False, False, "i32", True, None)
                  for d in (torch.float32, torch.float64) for a in (False, True)]
-    variants += _low_precision_variants() + _capturable_variants()
+    variants += _low_precision_variants() + _capturable_variants() + _torch_variants()
     for dtype, grad, amsgrad, coupled, decoupled, n_type, clip, mp in variants:
         p_ty = _TRITON_TYPE[dtype]
         c_ty = _TRITON_TYPE[adam.compute_dtype_for(dtype)]
-        master, amp, capturable = _mode_words(mp)
         constexprs = adam.kernel_constexprs(amsgrad=amsgrad, coupled_decay=coupled,
                                             decoupled_decay=decoupled, clip_scale=clip,
-                                            clip_value=clip, master=master, unscale=amp,
-                                            skip_on_inf=amp, lr_on_device=capturable)
+                                            clip_value=clip, **_mode_words(mp))
         signature = {
             "param_ptr": f"*{p_ty}", "grad_ptr": f"*{_TRITON_TYPE[grad]}",
             "exp_avg_ptr": f"*{c_ty}", "exp_avg_sq_ptr": f"*{c_ty}",
@@ -175,16 +189,15 @@ def tensor_list_specializations() -> list[Specialization]:
     variants = [(d, d, a, c, w, al, cl, None) for d, a, c, w, al, cl in variants]
     variants += [(d, g, a, c, w, True, cl, mp)
                  for d, g, a, c, w, _, cl, mp in _low_precision_variants()
-                 + _capturable_variants()]
+                 + _capturable_variants() + _torch_variants()]
     pointer_args += ["master_ptr", "grad_scale_ptr", "found_inf_ptr"]
     for dtype, grad, amsgrad, coupled, decoupled, aligned, clip, mp in variants:
         p_ty = _TRITON_TYPE[dtype]
         c_ty = _TRITON_TYPE[adam.compute_dtype_for(dtype)]
-        master, amp, capturable = _mode_words(mp)
         constexprs = adam.tensor_list_constexprs(
             param_dtype=dtype, grad_dtype=grad, aligned=bool(aligned), amsgrad=amsgrad,
             coupled_decay=coupled, decoupled_decay=decoupled, clip_scale=clip, clip_value=clip,
-            master=master, unscale=amp, skip_on_inf=amp, lr_on_device=capturable)
+            **_mode_words(mp))
         signature = {
             "tensor_table_ptr": "*i64", "chunk_table_ptr": "*i32", "exp_avg_ptr": f"*{c_ty}",
             "exp_avg_sq_ptr": f"*{c_ty}", "max_exp_avg_sq_ptr": f"*{c_ty}",

@@ -138,7 +138,8 @@ def test_a_step_through_the_engine_alone_matches_the_reference(multi_tensor):
     for i, p in enumerate(params):
         state = engine.state(i)
         assert set(state) == {"exp_avg", "exp_avg_sq", "max_exp_avg_sq", "beta1_pow",
-                              "beta2_pow"} <= set(ACCUMULATORS) | set(state)
+                              "beta2_pow", "step"} <= set(ACCUMULATORS) | set(state)
+        assert state["step"].item() == 3  # the steps applied, counted on the device
         torch.testing.assert_close(p.cpu(), refs[i].param, **tol)
         torch.testing.assert_close(state["exp_avg"].cpu(), refs[i].moment1, **tol)
         torch.testing.assert_close(state["exp_avg_sq"].cpu(), refs[i].moment2, **tol)
@@ -184,3 +185,59 @@ def test_engine_load_state_then_step_continues_from_it():
     torch.testing.assert_close(params[0].cpu(), ref.param, **tol)
     torch.testing.assert_close(engine.state(0)["exp_avg"].cpu(), ref.moment1, **tol)
     assert engine.state(0)["beta1_pow"].item() == pytest.approx(0.9 ** 4, rel=1e-14)
+
+
+@pytest.mark.parametrize("multi_tensor", [True, False], ids=["bucketed", "per-tensor"])
+def test_torch_math_options_match_torch_adam(multi_tensor):
+    """What a second front end needs, against ``torch.optim.Adam/AdamW(foreach=False)`` in
+    float64: ``maximize``, a learning rate per parameter group read from the device
+    (``lr_slots``), torch's bias corrections from the step count with betas that change
+    every step (``bias_from_step``), parameters added mid-run (``add_params``), and an AMP
+    step skipped on the device (the step count does not advance). Tolerance: float64, the
+    same operations up to their order (the engine matched to 2e-14 relative)."""
+    gen = torch.Generator().manual_seed(5)
+    ps = [torch.randn(n, generator=gen, dtype=torch.float64).to(DEVICE).requires_grad_()
+          for n in (1, 17, K.BLOCK_SIZE + 1)]
+    ref = [p.detach().clone().requires_grad_() for p in ps]
+    beta1 = [0.9]
+
+    def configure(i):
+        return ParamConfig(beta1=beta1[0], beta2=0.99, eps=1e-8, decoupled_decay=0.1,
+                           maximize=True, lr_index=0 if i < 2 else 1)
+
+    torch_opt = torch.optim.AdamW([{"params": ref[:2], "lr": 0.01}], betas=(0.9, 0.99),
+                                  weight_decay=0.1, amsgrad=True, maximize=True,
+                                  foreach=False)
+    engine = Engine(ps[:2], configure, amsgrad=True, multi_tensor=multi_tensor, lr_slots=1,
+                    bias_from_step=True, capturable=True)
+    engine.set_lr(0.01, 0)
+    found_inf = torch.zeros(1, device=DEVICE)
+    for step in range(7):
+        if step == 2:
+            torch_opt.add_param_group({"params": ref[2:], "lr": 0.02})
+            engine.add_params(ps[2:], lr_slots=2)
+            engine.set_lr(0.02, 1)
+        beta1[0] = 0.9 - 0.01 * step
+        for group in torch_opt.param_groups:
+            group["betas"] = (beta1[0], 0.99)
+        engine.reconfigure(range(len(engine.params)))
+        for p, r in zip(ps, ref):
+            g = torch.randn(p.shape, generator=gen, dtype=p.dtype).to(DEVICE)
+            p.grad, r.grad = g, g.clone()
+        skip = step == 4
+        found_inf.fill_(float(skip))
+        engine.step(None, found_inf=found_inf)
+        if not skip:
+            torch_opt.step()
+    tol = fma_tol(torch.float64, rtol=1e-12, atol=1e-13)
+    for i, (p, r) in enumerate(zip(ps, ref)):
+        torch.testing.assert_close(p, r, **tol)
+        state, torch_state = engine.state(i), torch_opt.state[r]
+        torch.testing.assert_close(state["exp_avg"], torch_state["exp_avg"], **tol)
+        torch.testing.assert_close(state["max_exp_avg_sq"], torch_state["max_exp_avg_sq"],
+                                   **tol)
+        assert state["step"].item() == torch_state["step"].item() == (6 if i < 2 else 4)
+    with pytest.raises(ValueError, match="already in this optimizer"):
+        engine.add_params(ps[:1])
+    with pytest.raises(IndexError, match="slot 2"):
+        engine.set_lr(0.1, 2)

@@ -35,10 +35,10 @@ def audit(tmp_path_factory):
 def test_audit_covers_every_specialization_and_plots(audit):
     result, report, out = audit
     rows = report["rows"]
-    # dense update: 32 + 4 clipped + 10 fp16/bf16 + 4 capturable; multi-tensor: 18 (16 + 2
-    # scalar-only) + 2 mixed-alignment + 4 clipped + 10 fp16/bf16 + 4 capturable; 4 norm
-    # passes; x sm_80, sm_90
-    assert len(rows) == 2 * (50 + 38 + 4), len(rows)
+    # dense update: 32 + 4 clipped + 10 fp16/bf16 + 4 capturable + 4 PyTorch face;
+    # multi-tensor: 18 (16 + 2 scalar-only) + 2 mixed-alignment + 4 clipped + 10 fp16/bf16 +
+    # 4 capturable + 4 PyTorch face; 4 norm passes; x sm_80, sm_90
+    assert len(rows) == 2 * (54 + 42 + 4), len(rows)
     assert {r["target"] for r in rows} == {"sm_80", "sm_90"}
     assert (out / "bytes.png").stat().st_size > 10_000
     # exit status 1 exactly when some row fails, and the failures are printed
@@ -144,11 +144,13 @@ def test_aligned_members_of_a_mixed_bucket_keep_vector_access(audit, target, dty
 
 
 @pytest.mark.parametrize("target", ["sm_80", "sm_90"])
-def test_capturable_updates_stay_at_the_floor(audit, target):
-    """Capturable steps read the learning rate from device memory: one scalar load per
-    program, so every element still moves exactly its mode's floor, with 16-byte access."""
+@pytest.mark.parametrize("kind", ["capturable", "torch"])
+def test_capturable_and_torch_face_updates_stay_at_the_floor(audit, target, kind):
+    """Capturable steps read the learning rate from device memory, the PyTorch face's also
+    compute torch's bias corrections from the step count (scalar work per program): every
+    element still moves exactly its mode's floor, with 16-byte access."""
     rows = [r for r in audit[1]["rows"]
-            if r["target"] == target and "capturable" in r["mode"]]
+            if r["target"] == target and kind in r["mode"].split()]
     assert len(rows) == 8, [r["mode"] for r in rows]  # 4 dense + 4 multi-tensor
     for row in rows:
         assert row["load_bytes_per_element"] == row["floor_load"], row

@@ -99,7 +99,8 @@ class Bucket:
 
     def __init__(self, params: Sequence[torch.Tensor], configs: Sequence[MemberConfig], *,
                  amsgrad: bool, multi_tensor: bool, grad_dtype: torch.dtype | None = None,
-                 multi_precision: bool = False, capturable: bool = False) -> None:
+                 multi_precision: bool = False, capturable: bool = False,
+                 bias_from_step: bool = False) -> None:
         if not params:
             raise ValueError("a bucket needs at least one parameter")
         self.params = list(params)  # what the user holds: .grad, .requires_grad, names
@@ -120,6 +121,8 @@ class Bucket:
         self.multi_tensor = multi_tensor
         # Capturable: every step passes the same launch arguments (see ``launch``).
         self.capturable = capturable
+        # torch's bias corrections (from the step count and the current betas)
+        self.bias_from_step = bias_from_step
         self._retired: list[object] = []  # see _retire
         self._derive()
 
@@ -188,6 +191,7 @@ class Bucket:
         self.decoupled_decay = any(c.hyper[K.HYPER_WD] != 0.0 for c in self.configs)
         self.clip_scale = any(c.clip_index > 0 for c in self.configs)
         self.clip_value = any(c.clip_value for c in self.configs)
+        self.maximize = any(c.hyper[K.HYPER_SIGN] != 1.0 for c in self.configs)
         self.clip_index = [c.clip_index for c in self.configs]
         self.norm_owner = [c.norm_owner for c in self.configs]
 
@@ -244,6 +248,31 @@ class Bucket:
             self._retired.append(old)
 
     # ------------------------------------------------------------------------------ state
+    def rebase_pows(self, members: Sequence[int]) -> None:
+        """Set the current pows of ``members`` to ``beta ** t`` of their configured betas, ``t``
+        the number of the step that reads them (steps applied + 1), on the device (no host
+        sync): the bias correction torch computes from the current betas, after they
+        changed."""
+        if not members:
+            return
+        with C.device_guard(self.device):
+            if self._tensor_hypers:
+                self._refresh_tensor_hypers()
+            betas = slice(K.POW_BETA1, K.POW_BETA2 + 1)
+            if self.slots is None:
+                groups = [(self.slot, list(members))]
+            else:
+                by_slot: dict[int, list[int]] = {}
+                for j in members:
+                    by_slot.setdefault(self.slots[j], []).append(j)
+                groups = list(by_slot.items())
+            for slot, rows in groups:
+                idx = C.upload(np.asarray(rows, dtype=np.int64), self.device)
+                step = self.pows[slot].index_select(0, idx)[:, K.POW_STEP:K.POW_STEP + 1]
+                beta = self.hyper.index_select(0, idx)[:, K.HYPER_BETA1:K.HYPER_BETA2 + 1]
+                # The pows a step reads are those of its own count: beta ** (steps so far + 1).
+                self.pows[slot][:, betas].index_copy_(0, idx, torch.pow(beta, step + 1))
+
     def current_slot(self, j: int) -> int:
         return self.slot if self.slots is None else self.slots[j]
 
@@ -553,7 +582,8 @@ class Bucket:
                 clip_scale=clip_scales[c:c + 1] if self.clip_scale else None,
                 clip_value=self.clip_value,
                 master=None if self.master is None else self.state_view(self.master, j),
-                grad_scale=grad_scale, found_inf=found_inf)
+                grad_scale=grad_scale, found_inf=found_inf, maximize=self.maximize,
+                bias_from_step=self.bias_from_step)
             self._advance_slot(j)
             self._remember(j, g)
         for j, g in plan.sparse:
@@ -583,7 +613,8 @@ class Bucket:
             coupled_decay=self.coupled_decay, decoupled_decay=self.decoupled_decay,
             master=None if self.master is None else self.state_view(self.master, j),
             clip_scale=clip_scales[c:c + 1] if c > 0 else None,
-            clip_value=self.configs[j].clip_value, grad_scale=grad_scale, found_inf=found_inf)
+            clip_value=self.configs[j].clip_value, grad_scale=grad_scale, found_inf=found_inf,
+            maximize=self.maximize, bias_from_step=self.bias_from_step)
 
     def _remember(self, j: int, g: torch.Tensor) -> None:
         self._built_grads[j] = weakref.ref(g)
@@ -632,7 +663,8 @@ class Bucket:
             grad_dtype=self.grad_dtype, aligned=True,  # each row's addresses decide, on the device
             coupled_decay=self.coupled_decay, decoupled_decay=self.decoupled_decay,
             clip_scales=clip_scales if self.clip_scale else None, clip_value=self.clip_value,
-            master=self.master, grad_scale=grad_scale, found_inf=found_inf)
+            master=self.master, grad_scale=grad_scale, found_inf=found_inf,
+            maximize=self.maximize, bias_from_step=self.bias_from_step)
         # Sparse (lazy) members after the dense launch, whose pow pass copied their pows into
         # slot 1 - s: the row kernel overwrites them there with the advanced ones.
         for j, g in plan.sparse:

@@ -1,8 +1,13 @@
-"""The built-in demo: one small model trained by triton_adam, the float64 reference and Paddle.
+"""The built-in demo: one small model trained by triton_adam, the float64 reference and Paddle
+(``--api paddle``, the default) or PyTorch (``--api torch``).
 
 Every implementation starts from the same weights and sees gradients of the same loss on the
 same synthetic data; only the optimizer differs. The table at the end shows each one's final
 loss and its largest parameter difference from the float64 reference.
+
+``--api paddle`` trains with ``triton_adam.Adam`` / ``AdamW`` (Paddle's API) and compares with
+Paddle when it is installed; ``--api torch`` trains with ``triton_adam.optim.Adam`` / ``AdamW``
+(``torch.optim``'s API) and compares with ``torch.optim.Adam`` / ``AdamW``.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from collections.abc import Callable
 import torch
 from tqdm import tqdm
 
-from triton_adam import reference
+from triton_adam import optim, reference
 from triton_adam.optimizer import Adam, AdamW
 
 HIDDEN = 16
@@ -79,10 +84,35 @@ def _triton_runner(args, init, device) -> _Runner:
                    lambda: [p.detach().cpu().double() for p in params])
 
 
+def _torch_face_runner(args, init, device) -> _Runner:
+    """``triton_adam.optim.Adam`` / ``AdamW``: the same kernels behind ``torch.optim``'s API."""
+    dtype = getattr(torch, args.dtype)
+    params = [t.detach().to(device=device, dtype=dtype, copy=True).requires_grad_() for t in init]
+    cls = optim.AdamW if args.optimizer == "adamw" else optim.Adam
+    wd = args.weight_decay if args.optimizer == "adamw" else 0.0
+    opt = cls(params, lr=args.lr, weight_decay=wd, amsgrad=args.amsgrad,
+              capturable=args.capturable)
+
+    def apply(grads):
+        for p, g in zip(params, grads):
+            p.grad = g.to(device=device, dtype=dtype)
+        opt.step()
+
+    return _Runner(f"triton_adam.optim ({args.dtype}, {device.type})", params, apply,
+                   lambda: [p.detach().cpu().double() for p in params])
+
+
 def _reference_runner(args, init) -> _Runner:
+    """The float64 reference. With constant hyper-parameters Paddle's step and torch's are
+    one formula: ``lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps * sqrt(1 - b2^t))``
+    (Paddle) is ``lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)`` (torch), and both
+    decay AdamW's parameter by ``lr * wd * p`` first. The difference: Paddle keeps AdamW's
+    coefficient in float32, torch the Python float."""
     states = [reference.init_state(t, beta1=0.9, beta2=0.999, amsgrad=args.amsgrad)
               for t in init]
-    wd = float(torch.tensor(args.weight_decay, dtype=torch.float32))  # Paddle's float32 coeff
+    wd = args.weight_decay
+    if args.api == "paddle":
+        wd = float(torch.tensor(wd, dtype=torch.float32))  # Paddle's float32 coeff
 
     def apply(grads):
         for i, g in enumerate(grads):
@@ -120,12 +150,38 @@ def _paddle_runner(args, init) -> _Runner | None:
                    lambda: [torch.from_numpy(p.numpy()).double() for p in params])
 
 
+def _torch_runner(args, init) -> _Runner:
+    """``torch.optim.Adam`` / ``AdamW`` (``foreach=False``: the single-tensor loop) on the
+    CPU."""
+    params = [t.detach().to(dtype=getattr(torch, args.dtype), copy=True).requires_grad_()
+              for t in init]
+    cls = torch.optim.AdamW if args.optimizer == "adamw" else torch.optim.Adam
+    wd = args.weight_decay if args.optimizer == "adamw" else 0.0
+    opt = cls(params, lr=args.lr, weight_decay=wd, amsgrad=args.amsgrad, foreach=False)
+
+    def apply(grads):
+        for p, g in zip(params, grads):
+            p.grad = g.to(p.dtype)
+        opt.step()
+
+    return _Runner(f"torch.optim.{cls.__name__} {torch.__version__} ({args.dtype}, cpu)", None,
+                   apply, lambda: [p.detach().double() for p in params])
+
+
 def run(args: argparse.Namespace, device: torch.device) -> list[dict]:
     """Train every implementation; returns one result row per implementation."""
     x, y = synthetic_data(args.seed)
     init = initial_weights(args.seed)
-    runners = [_triton_runner(args, init, device), _reference_runner(args, init)]
-    if not args.no_paddle:
+    if args.api == "torch":
+        if args.per_tensor_launches:
+            raise SystemExit("error: --per-tensor-launches is an option of the Paddle API "
+                             "(triton_adam.Adam); triton_adam.optim always launches one kernel "
+                             "per bucket")
+        runners = [_torch_face_runner(args, init, device), _reference_runner(args, init),
+                   _torch_runner(args, init)]
+    else:
+        runners = [_triton_runner(args, init, device), _reference_runner(args, init)]
+    if args.api == "paddle" and not args.no_paddle:
         paddle_runner = _paddle_runner(args, init)
         if paddle_runner is not None:
             runners.append(paddle_runner)
@@ -163,7 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m triton_adam",
         description="Train a small built-in MLP on synthetic data with triton_adam, the "
-                    "float64 reference and (when installed) Paddle, and compare them.")
+                    "float64 reference and (when installed) Paddle, or with --api torch "
+                    "PyTorch's torch.optim, and compare them.")
+    parser.add_argument("--api", choices=["paddle", "torch"], default="paddle",
+                        help="paddle: triton_adam.Adam/AdamW against Paddle (default); torch: "
+                             "triton_adam.optim.Adam/AdamW against torch.optim.Adam/AdamW")
     parser.add_argument("--steps", type=int, default=200, help="training steps (default 200)")
     parser.add_argument("--lr", type=float, default=0.01, help="learning rate (default 0.01)")
     parser.add_argument("--optimizer", choices=["adam", "adamw"], default="adam")
@@ -172,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--amsgrad", action="store_true")
     parser.add_argument("--per-tensor-launches", action="store_true",
                         help="one kernel launch per parameter instead of one per step "
-                             "(same results)")
+                             "(same results; --api paddle only)")
     parser.add_argument("--capturable", action="store_true",
                         help="capturable steps: the learning rate read from the device "
                              "(same results)")

@@ -50,11 +50,14 @@ __all__ = ["ACCUMULATORS", "Engine", "NormClip", "ParamConfig", "ValueClip", "ze
 
 # The engine's names of a parameter's state: the moments (``max_exp_avg_sq`` with amsgrad),
 # fp32 master weights (fp16/bf16 parameters with master weights), and the bias-correction
-# pows beta1^t, beta2^t (shape [1]). Front ends map them to their own state formats.
-ACCUMULATORS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "master", "beta1_pow", "beta2_pow")
+# pows beta1^t, beta2^t and the step count t (shape [1]; t counts the steps applied, and a
+# front end that loads pows from a format without it loads it too). Front ends map them to
+# their own state formats.
+ACCUMULATORS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "master", "beta1_pow", "beta2_pow",
+                "step")
 _BUFFER_OF = {"exp_avg": "moment1", "exp_avg_sq": "moment2", "max_exp_avg_sq": "moment2_max",
               "master": "master"}
-_POW_OF = {"beta1_pow": 0, "beta2_pow": 1}
+_POW_OF = {"beta1_pow": K.POW_BETA1, "beta2_pow": K.POW_BETA2, "step": K.POW_STEP}
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -98,7 +101,10 @@ class ParamConfig:
     (read on the device at every step). ``l2``/``l1`` are coupled decay coefficients added to
     the gradient (``l2 * p + l1 * sign(p)``), ``decoupled_decay`` is AdamW's
     ``p -= lr * lr_scale * wd * p``. ``lazy``: a sparse gradient updates only its rows.
-    ``label`` names the parameter in error messages.
+    ``label`` names the parameter in error messages. ``maximize``: step along the gradient
+    (its sign flipped after clipping, before the decay terms). ``lr_index``: with a device
+    learning rate (``Engine(lr_slots=...)``), the entry of the learning-rate vector this
+    parameter reads (a parameter group's own rate).
     """
 
     lr_scale: float = 1.0
@@ -111,6 +117,8 @@ class ParamConfig:
     clip: NormClip | ValueClip | None = None
     lazy: bool = False
     label: str = "a parameter"
+    maximize: bool = False
+    lr_index: int = 0
 
 
 class Engine:
@@ -127,13 +135,23 @@ class Engine:
             configuration exists (default: ``params[index]``).
         capturable: steps may be captured in a CUDA graph and replayed (see the module
             docstring); eager steps give the same results bit for bit.
+        lr_slots: with more than one, the learning rate lives on the device (as for
+            capturable engines) as a vector of that many float64 entries; each parameter reads
+            the entry of its ``ParamConfig.lr_index`` (``set_lr(value, slot)``,
+            ``copy_lr(tensor, slot)``).
+        device_lr: keep the learning rate on the device even with one slot (a front end
+            whose rates change with each group's options).
+        bias_from_step: bias corrections ``1 - beta ** t`` from the current betas and the
+            step number (torch's), computed in the kernels, instead of the stored pows, the
+            product of the betas of every step (Paddle's). Either way the state keeps both.
     """
 
     def __init__(self, params: Sequence[torch.Tensor],
                  configure: Callable[[int], ParamConfig], *, amsgrad: bool = False,
                  master_weights: bool = False, multi_tensor: bool = False,
                  label_of: Callable[[int], str] | None = None,
-                 capturable: bool = False) -> None:
+                 capturable: bool = False, lr_slots: int = 1, device_lr: bool = False,
+                 bias_from_step: bool = False) -> None:
         self.params = list(params)
         self._configure = configure
         self._label_of = label_of or (lambda i: f"params[{i}]")
@@ -141,15 +159,14 @@ class Engine:
         self.master_weights = bool(master_weights)
         self.multi_tensor = bool(multi_tensor)
         self.capturable = bool(capturable)
-        for i, p in enumerate(self.params):
-            if p.dtype not in SUPPORTED_DTYPES:
-                raise TypeError(f"{self._label_of(i)} has dtype {p.dtype}; Adam updates "
-                                "float32, float64, float16 and bfloat16 parameters")
-            # A DTensor (FSDP2) parameter is updated through its local shard.
-            if not D.local_tensor(p).is_contiguous():
-                raise ValueError(f"{self._label_of(i)} is not contiguous: the kernels update a "
-                                 "parameter in place over its storage")
-        self._check_no_shared_memory()
+        self.bias_from_step = bool(bias_from_step)
+        if isinstance(lr_slots, bool) or not isinstance(lr_slots, int) or lr_slots < 1:
+            raise ValueError(f"lr_slots must be a positive int, got {lr_slots!r}")
+        self.lr_slots = lr_slots
+        # The kernels read the learning rate from the device (capturable engines, or one rate
+        # per parameter group): a float64 vector per device.
+        self.device_lr = self.capturable or lr_slots > 1 or bool(device_lr)
+        self._check_params(range(len(self.params)))
         self.devices = {D.local_tensor(p).device for p in self.params}
         self._index_of = {id(p): i for i, p in enumerate(self.params)}
         # Norms over sharded (DTensor) parameters: the process group their sums of squares
@@ -163,13 +180,73 @@ class Engine:
         self._buckets: list[Bucket] = []
         self._where: dict[int, tuple[Bucket, int]] = {}  # index -> (bucket, member)
         self._unbucketed: list[int] = list(range(len(self.params)))
-        # Capturable: the learning rate as the kernels read it, one float64 element per
-        # device, and the value last written there (None: not yet written).
+        # Device learning rate: the vector the kernels read, per device, and the value last
+        # written into each entry (None: not yet written, or copied from a tensor).
         self._lr_tensors: dict[torch.device, torch.Tensor] = {}
-        self._lr_value: float | None = None
+        self._lr_values: list[float | None] = [None] * lr_slots
+        self._retired_lr: list[torch.Tensor] = []
         # AMP tensors given in another dtype or on another GPU: converted into buffers of
         # their own, not new tensors at every step.
         self._amp_buffers: dict[tuple[str, torch.device], torch.Tensor] = {}
+
+    def _check_params(self, indices: Iterable[int]) -> None:
+        for i in indices:
+            p = self.params[i]
+            if p.dtype not in SUPPORTED_DTYPES:
+                raise TypeError(f"{self._label_of(i)} has dtype {p.dtype}; Adam updates "
+                                "float32, float64, float16 and bfloat16 parameters")
+            # A DTensor (FSDP2) parameter is updated through its local shard.
+            if not D.local_tensor(p).is_contiguous():
+                raise ValueError(f"{self._label_of(i)} is not contiguous: the kernels update a "
+                                 "parameter in place over its storage")
+        self._check_no_shared_memory()
+
+    def add_params(self, params: Sequence[torch.Tensor], lr_slots: int | None = None) -> None:
+        """Take more parameters (indices ``len(self.params)`` on, in order), e.g. a new
+        parameter group; ``lr_slots``: the new size of the device learning-rate vector (its
+        existing entries are kept). Checked before anything changes: a parameter already
+        here, or one overlapping another's memory, raises."""
+        params = list(params)
+        known = set(self._index_of)
+        if any(id(p) in known for p in params) or len({id(p) for p in params}) < len(params):
+            raise ValueError("a parameter given to add_params is already in this optimizer "
+                             "(or given twice)")
+        if lr_slots is not None and (isinstance(lr_slots, bool) or not isinstance(lr_slots, int)
+                                     or lr_slots < self.lr_slots):
+            raise ValueError(f"lr_slots can only grow (from {self.lr_slots}), got {lr_slots!r}")
+        first = len(self.params)
+        old = self.params
+        self.params = old + params
+        try:
+            self._check_params(range(first, len(self.params)))
+            rule = D.norm_reduction(self.params)
+            if rule.group is not self._norm_rule.group and self._clipper.outputs:
+                raise NotImplementedError("new parameters change the process group of the "
+                                          "gradient norm: build a new optimizer")
+        except Exception:
+            self.params = old
+            raise
+        self._norm_rule = rule
+        self._clipper._group = rule.group
+        self.devices = {D.local_tensor(p).device for p in self.params}
+        self._index_of.update((id(p), first + k) for k, p in enumerate(params))
+        self._unbucketed += list(range(first, len(self.params)))
+        if lr_slots is not None and lr_slots > self.lr_slots:
+            # From now on the rates live on the device (set_lr / copy_lr for every slot).
+            self.device_lr = True
+            for device, t in list(self._lr_tensors.items()):
+                grown = torch.zeros(lr_slots, dtype=torch.float64, device=device)
+                grown[:self.lr_slots].copy_(t)
+                self._lr_tensors[device] = grown
+                if self.capturable:
+                    self._retired_lr.append(t)  # a graph captured before may still read it
+            self._lr_values += [None] * (lr_slots - self.lr_slots)
+            self.lr_slots = lr_slots
+        missing = self.devices - set(self._lr_tensors)
+        if self._lr_tensors and missing:
+            for device in missing:
+                src = next(iter(self._lr_tensors.values()))
+                self._lr_tensors[device] = src.to(device, non_blocking=True)
 
     def _check_no_shared_memory(self) -> None:
         """Two parameters whose storage overlaps would race in one multi-tensor launch (and
@@ -229,6 +306,11 @@ class Engine:
         row[K.HYPER_WD] = config.decoupled_decay
         row[K.HYPER_CLIP_MIN] = -math.inf
         row[K.HYPER_CLIP_MAX] = math.inf
+        row[K.HYPER_SIGN] = -1.0 if config.maximize else 1.0
+        if not 0 <= config.lr_index < self.lr_slots:
+            raise ValueError(f"{config.label}: learning-rate index {config.lr_index} is not "
+                             f"in [0, {self.lr_slots})")
+        row[K.HYPER_LR_INDEX] = float(config.lr_index)
         clip_index, clip_value = 0, False
         if isinstance(config.clip, ValueClip):
             row[K.HYPER_CLIP_MIN] = config.clip.min
@@ -240,11 +322,16 @@ class Engine:
                             clip_index=clip_index, clip_value=clip_value, lazy=config.lazy,
                             norm_owner=self._norm_rule.owners[index])
 
-    def reconfigure(self, indices: Iterable[int]) -> None:
+    def reconfigure(self, indices: Iterable[int], rebase_pows: bool = False) -> None:
         """Ask ``configure`` again for ``params[indices]`` (their options changed): the new
         values take effect at the next step, uploaded asynchronously (no host sync, no
         recompile unless a decay or clip switch of a bucket turns on). Every new
-        configuration is built before any is applied, so a bad one changes nothing."""
+        configuration is built before any is applied, so a bad one changes nothing.
+
+        The pows go on from their values (Paddle: a new beta multiplies them from the next
+        step on); with ``rebase_pows`` they become ``beta ** t`` of the new betas, ``t`` the next
+        step's number (torch's bias correction, computed from the current betas and the step
+        count), on the device."""
         indices = list(indices)
         if self.capturable and any(i in self._where for i in indices) \
                 and backend.capturing(self.devices):
@@ -262,6 +349,8 @@ class Engine:
             by_bucket.setdefault(id(bucket), (bucket, {}))[1][j] = member
         for bucket, members in by_bucket.values():
             bucket.set_configs(members)
+            if rebase_pows:
+                bucket.rebase_pows([j for j in members if bucket.created[j]])
         if by_bucket:
             self._clipper.invalidate()
 
@@ -276,7 +365,8 @@ class Engine:
             return Bucket([self.params[i] for i in chosen], [configs[i] for i in chosen],
                           amsgrad=self.amsgrad, multi_tensor=self.multi_tensor,
                           grad_dtype=grad_dtype_of(first),
-                          multi_precision=self.master_weights, capturable=self.capturable)
+                          multi_precision=self.master_weights, capturable=self.capturable,
+                          bias_from_step=self.bias_from_step)
 
         for bucket in group_into_buckets([self.params[i] for i in indices], make):
             for j, p in enumerate(bucket.params):
@@ -297,13 +387,12 @@ class Engine:
         self._build_buckets(sorted(rest))
 
     # ----------------------------------------------------------------------- learning rate
-    def set_lr(self, lr: float) -> None:
-        """Write the learning rate that the next steps (and graph replays) of a capturable
-        engine read: one asynchronous device fill per device, no host sync. Not allowed while
-        a graph is being captured (the fill would be recorded with this value)."""
-        if not self.capturable:
-            raise RuntimeError("set_lr() is for capturable engines: others take the learning "
-                               "rate as an argument of step()")
+    def set_lr(self, lr: float, slot: int = 0) -> None:
+        """Write the learning rate that the next steps (and graph replays) read from the
+        device (capturable engines, or ``lr_slots`` > 1): entry ``slot`` of the vector, one
+        asynchronous device fill per device, no host sync. Not allowed while a graph is being
+        captured (the fill would be recorded with this value)."""
+        self._check_lr_slot(slot)
         lr = float(lr)
         if not math.isfinite(lr):
             raise ValueError(f"the learning rate must be finite, got {lr}")
@@ -312,27 +401,56 @@ class Engine:
                 "the learning rate was set while a CUDA graph is being captured: the write "
                 "would be recorded in the graph with this value. Set it (set_lr(), or "
                 "scheduler.step()) outside the captured region, before each replay")
+        for t in self._lr_storage().values():
+            t[slot:slot + 1].fill_(lr)  # a kernel argument, not a copy from the host
+        self._lr_values[slot] = lr
+
+    def copy_lr(self, source: torch.Tensor, slot: int = 0) -> None:
+        """Copy a one-element tensor learning rate into entry ``slot`` on every device: a
+        device copy (allowed during capture, where it is recorded and reads ``source`` at
+        each replay). ``source`` must be on a device of the parameters (a host tensor's value
+        is plain data: pass ``float(source)`` to ``set_lr``)."""
+        self._check_lr_slot(slot)
+        if not isinstance(source, torch.Tensor) or source.numel() != 1 \
+                or not source.is_floating_point():
+            raise TypeError("copy_lr takes a floating tensor with one element")
+        if source.device not in self.devices:
+            raise ValueError(f"the learning-rate tensor is on {source.device}, the parameters "
+                             f"on {sorted(map(str, self.devices))}: a copy from elsewhere "
+                             "would sync")
+        for t in self._lr_storage().values():
+            t[slot:slot + 1].copy_(source.detach().reshape(1), non_blocking=True)
+        self._lr_values[slot] = None
+
+    def _check_lr_slot(self, slot: int) -> None:
+        if not self.device_lr:
+            raise RuntimeError("this engine takes the learning rate as an argument of step(); "
+                               "a device learning rate is for capturable engines or lr_slots")
+        if not 0 <= slot < self.lr_slots:
+            raise IndexError(f"learning-rate slot {slot} is not in [0, {self.lr_slots})")
+
+    def _lr_storage(self) -> dict[torch.device, torch.Tensor]:
         if not self._lr_tensors:
             for device in sorted(self.devices, key=str):
-                self._lr_tensors[device] = torch.empty(1, dtype=torch.float64, device=device)
-        for t in self._lr_tensors.values():
-            t.fill_(lr)  # a kernel argument, not a copy from the host: asynchronous
-        self._lr_value = lr
+                self._lr_tensors[device] = torch.zeros(self.lr_slots, dtype=torch.float64,
+                                                       device=device)
+        return self._lr_tensors
 
     @property
     def lr_tensors(self) -> dict[torch.device, torch.Tensor]:
-        """Capturable engines: the float64 learning-rate tensor of each device (empty until
-        the first ``set_lr``); what the kernels read at every step and replay."""
+        """Device learning rate: the float64 vector of each device (empty until the first
+        ``set_lr``/``copy_lr``); what the kernels read at every step and replay."""
         return dict(self._lr_tensors)
 
     # ----------------------------------------------------------------------------- step
-    def step(self, lr: float, *, grads: Mapping[int, torch.Tensor] | None = None,
+    def step(self, lr: float | None, *, grads: Mapping[int, torch.Tensor] | None = None,
              grad_scale: torch.Tensor | None = None, found_inf: torch.Tensor | None = None,
              refuse_sparse: str | None = None) -> None:
         """One step: update every parameter that has a gradient.
 
         Args:
-            lr: the learning rate of this step.
+            lr: the learning rate of this step; with a device learning rate, the value of
+                slot 0 (written when it changed; None: the slots are already set).
             grads: ``{index: gradient}`` of the parameters to update; by default each
                 trainable parameter's ``.grad`` (None: not updated).
             grad_scale, found_inf: AMP's loss scale and overflow flag (1-element tensors on
@@ -348,10 +466,11 @@ class Engine:
             capturing = backend.capturing(self.devices)
             if capturing:
                 self._check_capturable_start(lr, grads)
-            elif lr != self._lr_value:
-                self.set_lr(lr)
         else:
             backend.check_not_capturing(self.devices)
+        if self.device_lr and not capturing and lr is not None \
+                and (lr != self._lr_values[0] or not self._lr_tensors):
+            self.set_lr(lr)
         if grads is None:
             # After the first step only the (usually no) parameters outside every bucket
             # are looked at here: the buckets check their own members.
@@ -372,10 +491,11 @@ class Engine:
                                 grads: Mapping[int, torch.Tensor] | None) -> None:
         """A step being captured: the learning rate on the device must be this step's, and
         every parameter with a gradient must have its slot already (a warm-up step)."""
-        if self._lr_value is None or lr != self._lr_value:
+        if not self._lr_tensors or (lr is not None and lr != self._lr_values[0]):
             raise RuntimeError(
                 f"a step is being captured with learning rate {lr}, but the device holds "
-                f"{self._lr_value}: a capturable step reads the learning rate from the device, "
+                f"{self._lr_values[0]}: a capturable step reads the learning rate from the "
+                "device, "
                 "and writing it during capture would record this value in the graph. Set it "
                 "before the capture (an eager warm-up step, set_lr(), scheduler.step())")
         if grads is None:
@@ -410,7 +530,7 @@ class Engine:
             scales = self._clipper.scales(clipped, self._on(grad_scale, "grad_scale",
                                                             clipped[0][0]))
         for bucket, plan in plans:
-            bucket.launch(plan, self._lr_tensors[bucket.device] if self.capturable else lr,
+            bucket.launch(plan, self._lr_tensors[bucket.device] if self.device_lr else lr,
                           scales, self._on(grad_scale, "grad_scale", bucket),
                           self._on(found_inf, "found_inf", bucket))
 
@@ -483,7 +603,7 @@ class Engine:
         """The names of ``params[index]``'s state (``ACCUMULATORS`` that apply to it)."""
         names = ["exp_avg", "exp_avg_sq"] + ["max_exp_avg_sq"] * self.amsgrad
         names += ["master"] * self.has_master(index)
-        return tuple(names) + ("beta1_pow", "beta2_pow")
+        return tuple(names) + ("beta1_pow", "beta2_pow", "step")
 
     def state(self, index: int) -> dict[str, torch.Tensor]:
         """``params[index]``'s state by accumulator name, empty before it has any.
