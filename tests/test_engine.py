@@ -23,7 +23,7 @@ KERNELS = ROOT / "kernels"
 ENGINE_MODULES = {"engine", "buckets", "clip_plan", "dtensor", "backend", "reference",
                   "reference_clip"}
 FRONT_END_MODULES = {"optimizer", "state", "io", "param_attr", "param_groups", "lr", "clip",
-                     "regularizer", "distributed", "demo", "__main__"}
+                     "regularizer", "distributed", "demo", "__main__", "optim", "torch_state"}
 
 
 def _module_imports() -> dict[str, set[str]]:
