@@ -524,7 +524,14 @@ class Adam(Optimizer):
         if _same(old.config(), hyper.config()):
             return
         try:
-            self._engine.reconfigure(self._indices(g))
+            if _same(old.config()[2:], hyper.config()[2:]) and all(
+                    isinstance(b, float) for b in (old.beta1, old.beta2, hyper.beta1,
+                                                   hyper.beta2)):
+                # Only float betas changed (OneCycleLR cycles beta1 at every step): two
+                # device fills instead of rebuilding the group's rows on the host.
+                self._engine.set_betas(self._indices(g), hyper.beta1, hyper.beta2)
+            else:
+                self._engine.reconfigure(self._indices(g))
         except BaseException:
             self._hypers[g] = old
             raise
