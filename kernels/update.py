@@ -53,13 +53,16 @@ __all__ = ["step_scalars", "amp_scalars", "clip_scalars", "grad_sign", "prepare_
 
 @triton.jit
 def pow_of_step(beta, t):
-    """``beta ** t`` for a whole ``t`` in [0, 2^24) (a step number), by square-and-multiply
-    in ``beta``'s dtype: a pure function of ``(beta, t)``, the same bits compiled and
-    interpreted, unrolled (no loop), 48 multiplies per program."""
-    n = t.to(tl.int32)
+    """``beta ** t`` for a whole step number ``t`` by square-and-multiply in ``beta``'s dtype:
+    a pure function of ``(beta, t)``, the same bits compiled and interpreted, unrolled (no
+    loop), 50 multiplies per call. ``t`` is taken up to 2^25 - 1: a float32 step count stops
+    at 2^24 (t = 2^24 + 1 rounds to 2^24, as torch's float32 step stalls), and beyond 2^25
+    steps ``beta ** t`` is 0 to the last bit for any beta below 1 - 1e-6, so clamping there
+    keeps the bias correction 1 (never the wrapped low bits of a larger count)."""
+    n = tl.minimum(t, 33554431.0).to(tl.int32)  # 2^25 - 1
     result = tl.full((), 1.0, beta.dtype)
     power = beta
-    for bit in tl.static_range(24):
+    for bit in tl.static_range(25):
         result = tl.where(((n >> bit) & 1) != 0, result * power, result)
         power = power * power
     return result

@@ -98,6 +98,13 @@ def _triton_adamw_graph(params: list[torch.Tensor]) -> Step:
     return graph.replay
 
 
+def _torch_face_adamw(params: list[torch.Tensor]) -> Step:
+    """``triton_adam.optim.AdamW``: the same kernels behind torch.optim's API."""
+    import triton_adam.optim
+
+    return triton_adam.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY).step
+
+
 def _torch_adamw(clip: bool, **flags: bool) -> Callable[[list[torch.Tensor]], Step]:
     def build(params: list[torch.Tensor]) -> Step:
         optimizer = torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY, **flags)
@@ -119,6 +126,7 @@ IMPLEMENTATIONS = [
     Implementation("triton_adam AdamW multi-tensor + ClipGradByGlobalNorm",
                    _triton_adamw(True, True), extra_grad_passes=1, peer=CLIPPED_PEER),
     Implementation("triton_adam AdamW capturable, CUDA-graph replay", _triton_adamw_graph),
+    Implementation("triton_adam.optim AdamW (PyTorch face)", _torch_face_adamw),
     Implementation("torch AdamW fused", _torch_adamw(False, fused=True)),
     Implementation("torch AdamW foreach", _torch_adamw(False, foreach=True),
                    state_bytes_per_param=16),

@@ -91,9 +91,9 @@ def _capturable_variants() -> list[tuple]:
 
 def _torch_variants() -> list[tuple]:
     """The PyTorch face's updates (``triton_adam.optim``): torch's bias corrections from the
-    step count (``BIAS_FROM_STEP``: 48 scalar multiplies per program) and the learning rate
-    of each parameter group read from the device; with ``maximize`` one more multiply per
-    element. The same bytes per element as the other modes."""
+    step count (``BIAS_FROM_STEP``: two powers, 100 scalar multiplies per program) and the
+    learning rate of each parameter group read from the device; with ``maximize`` one more
+    multiply per element. The same bytes per element as the other modes."""
     return [(torch.float32, torch.float32, True, False, True, "i32", True, "torch maximize"),
             (torch.float32, torch.float32, False, True, False, "i32", False, "torch"),
             (torch.float64, torch.float64, True, False, True, "i32", False, "torch"),

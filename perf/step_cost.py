@@ -105,6 +105,10 @@ STEPPERS = [
     Stepper("triton_adam Adam per_tensor_launches=True",
             lambda ps: triton_adam.Adam(parameters=ps, per_tensor_launches=True),
             host_time=True),
+    Stepper("triton_adam.optim AdamW (PyTorch face)",
+            lambda ps: triton_adam.optim.AdamW(ps), host_time=True),
+    Stepper("triton_adam.optim AdamW + OneCycleLR (lr and betas change every step)",
+            lambda ps: _with_one_cycle(triton_adam.optim.AdamW(ps)), host_time=True),
     Stepper("torch Adam for-loop", lambda ps: torch.optim.Adam(ps, foreach=False)),
     Stepper("torch Adam foreach", lambda ps: torch.optim.Adam(ps, foreach=True)),
     Stepper("torch Adam fused", lambda ps: torch.optim.Adam(ps, fused=True)),
@@ -113,6 +117,23 @@ STEPPERS = [
     Stepper("clip_grad_norm_ + torch Adam fused",
             lambda ps: torch.optim.Adam(ps, fused=True), clip=True),
 ]
+
+
+class _Scheduled:
+    """An optimizer whose step is followed by its scheduler's (what a training loop does)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+        self.optimizer, self.scheduler = optimizer, scheduler
+
+    def step(self) -> None:
+        self.optimizer.step()
+        self.scheduler.step()
+
+
+def _with_one_cycle(optimizer: torch.optim.Optimizer) -> _Scheduled:
+    return _Scheduled(optimizer, torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=1e-3, total_steps=10_000))
 
 
 def host_tensors(optimizer: object) -> list[torch.Tensor]:

@@ -23,7 +23,7 @@ KERNELS = ROOT / "kernels"
 ENGINE_MODULES = {"engine", "buckets", "clip_plan", "dtensor", "backend", "reference",
                   "reference_clip"}
 FRONT_END_MODULES = {"optimizer", "state", "io", "param_attr", "param_groups", "lr", "clip",
-                     "regularizer", "distributed", "demo", "__main__"}
+                     "regularizer", "distributed", "demo", "__main__", "optim", "torch_state"}
 
 
 def _module_imports() -> dict[str, set[str]]:
@@ -241,3 +241,37 @@ def test_torch_math_options_match_torch_adam(multi_tensor):
         engine.add_params(ps[:1])
     with pytest.raises(IndexError, match="slot 2"):
         engine.set_lr(0.1, 2)
+
+
+def test_set_betas_is_reconfigure_without_the_row_rebuild(monkeypatch):
+    """The fast path for betas that change every step (OneCycleLR) gives the results of a
+    full reconfigure bit for bit, and rebuilds no row (no hyper-parameter upload)."""
+    import triton_adam.buckets as B
+
+    uploads = []
+    original = B.Bucket._upload_hyper
+    monkeypatch.setattr(B.Bucket, "_upload_hyper",
+                        lambda self: uploads.append(1) or original(self))
+    runs = []
+    for fast in (False, True):
+        uploads.clear()
+        ps = [torch.randn(n, generator=torch.Generator().manual_seed(n)).to(DEVICE)
+              .requires_grad_() for n in (1, 17, K.BLOCK_SIZE + 1)]
+        beta1 = [0.9]
+        engine = Engine(ps, lambda i: ParamConfig(beta1=beta1[0], beta2=0.99),
+                        bias_from_step=True)
+        for step in range(4):
+            beta1[0] = 0.85 + 0.01 * step
+            if step:
+                if fast:
+                    engine.set_betas(range(3), beta1[0], 0.99)
+                else:
+                    engine.reconfigure(range(3))
+            for k, p in enumerate(ps):
+                p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(
+                    100 * step + k)).to(DEVICE)
+            engine.step(0.01)
+        runs.append(([p.detach().clone() for p in ps], len(uploads)))
+    (slow_params, slow_uploads), (fast_params, fast_uploads) = runs
+    assert all(torch.equal(a, b) for a, b in zip(slow_params, fast_params))
+    assert slow_uploads == 1 + 3 and fast_uploads == 1  # the bucket's first rows only

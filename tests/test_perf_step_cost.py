@@ -65,7 +65,12 @@ def test_step_cost_reduced(tmp_path):
         assert r["host_ms"] > 0
         # capturable steps copy the advanced pows back into the slot every step reads: one
         # aten copy per bucket; nothing else launches an aten operation
-        assert r["aten_launches"] == ("capturable" in name), r
+        assert r["aten_launches"] == ("capturable" in name) or "OneCycleLR" in name, r
+        if "OneCycleLR" in name:
+            # the PyTorch face under OneCycleLR: a new lr (one fill) and new betas (two
+            # fills of the group's hyper columns) every step, no row rebuilt
+            assert r["triton_launches"] == 1 and r["aten_launches"] == 3, r
+            continue
         if "per_tensor_launches" in name:
             assert r["triton_launches"] == r["tensors"], r  # one launch per parameter
         elif "Clip" in name:

@@ -91,7 +91,7 @@ def test_matches_the_float64_reference(name, multi_tensor):
     tol, pow_rel = _tolerances(config.dtype)
     for i, (p, r) in enumerate(zip(params, refs)):
         state = opt.engine.state(i)
-        expected = {"exp_avg", "exp_avg_sq", "beta1_pow", "beta2_pow"}
+        expected = {"exp_avg", "exp_avg_sq", "beta1_pow", "beta2_pow", "step"}
         expected |= {"max_exp_avg_sq"} if spec.amsgrad else set()
         if config.dtype in (torch.float16, torch.bfloat16):
             expected.add("master")
@@ -104,6 +104,10 @@ def test_matches_the_float64_reference(name, multi_tensor):
             torch.testing.assert_close(p.detach().cpu().double(), r.param, **tol,
                                        msg=lambda m: f"param {i}: {m}")
         assert set(state) == expected, (i, sorted(state))
+        # the steps this parameter was updated by (an empty sparse gradient is none)
+        steps = sum(g is not None and (not g.is_sparse or g._nnz() > 0)
+                    for g in (step_grads[i] for step_grads in grads))
+        assert state["step"].item() == steps, (i, state["step"].item(), steps)
         for acc, ref in (("exp_avg", r.moment1), ("exp_avg_sq", r.moment2),
                          ("max_exp_avg_sq", r.moment2_max)):
             if acc in state:

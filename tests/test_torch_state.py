@@ -425,3 +425,33 @@ def test_random_corruptions_raise_or_load_and_never_half_load(mutations):
         for k, v in entry.items():
             assert torch.equal(loaded["state"][i][k].cpu().to(v.dtype), v.reshape(
                 loaded["state"][i][k].shape)), (i, k)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("step", [2.0 ** 24 - 2, 2.0 ** 24 - 1, 2.0 ** 24])
+def test_a_step_count_at_the_float32_limit_keeps_torchs_bias_correction(dtype, step):
+    """A checkpoint whose step count is at float32's 2^24 (where torch's float32 step stalls)
+    continues as torch.optim.AdamW does: the bias corrections are 1 (beta ** t is 0 to the
+    last bit), never the wrapped power of a truncated count (which made them 0, a NaN step).
+    Tolerance: the dtype's (the same operations as torch's up to their order)."""
+    ours, theirs = _params(dtype), _params(dtype)
+    torch_opt = torch.optim.AdamW(theirs, lr=0.01, foreach=False)
+    _step(torch_opt, theirs, 0)
+    sd = torch_opt.state_dict()
+    for entry in sd["state"].values():
+        entry["step"] = torch.tensor(step)
+    torch_opt.load_state_dict(sd)
+    opt = optim.AdamW(ours, lr=0.01)
+    with torch.no_grad():
+        for p, q in zip(ours, theirs):
+            p.copy_(q)
+    opt.load_state_dict(_saved(torch_opt.state_dict()))
+    for seed in (1, 2):
+        _step(opt, ours, seed)
+        _step(torch_opt, theirs, seed)
+    assert all(torch.isfinite(p).all() for p in ours)
+    # The bound of tests/test_torch_optim.py's docstring for 3 steps at lr=0.01 and the
+    # default betas (u: the unit roundoff): the rounded 1 - beta constants dominate.
+    u = torch.finfo(dtype).eps / 2
+    per_update = (3 * u / 0.1 + 2 * u / 0.001) + 4 * u / (0.1 * 0.001 ** 0.5)
+    _assert_same_run(ours, theirs, fma_tol(dtype, rtol=6 * u, atol=3 * 0.01 * per_update))

@@ -124,6 +124,7 @@ class Bucket:
         # torch's bias corrections (from the step count and the current betas)
         self.bias_from_step = bias_from_step
         self._retired: list[object] = []  # see _retire
+        self._fill_index: dict[tuple[int, ...], torch.Tensor] = {}  # see fill_columns
         self._derive()
 
         n = len(self.params)
@@ -229,6 +230,26 @@ class Bucket:
         if self.clip_index != old_clip:
             self._host_table[:, K.COL_CLIP_INDEX] = self.clip_index
             self._device_table = None  # stale: sync_tables uploads it again
+
+    def fill_columns(self, members: Sequence[int], values: dict[int, float]) -> None:
+        """Set hyper-parameter columns (``HYPER_*`` -> a float) of ``members`` to the same
+        values, in their configs and on the device (one fill per column, through an index
+        tensor uploaded once per member set), without rebuilding the rows."""
+        for j in members:
+            row = self.configs[j].hyper
+            for col, value in values.items():
+                row[col] = value
+        key = tuple(members)
+        index = self._fill_index.get(key)
+        if index is None:
+            if len(self._fill_index) > 16:  # a few member sets (parameter groups) recur
+                self._retire(list(self._fill_index.values()))
+                self._fill_index.clear()
+            index = C.upload(np.asarray(members, dtype=np.int64), self.device)
+            self._fill_index[key] = index
+        with C.device_guard(self.device):
+            for col, value in values.items():
+                self.hyper[:, col].index_fill_(0, index, value)
 
     def _replace(self, old: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
         """The device tensor of hyper-parameter rows from now on. A capturable bucket writes

@@ -354,6 +354,27 @@ class Engine:
         if by_bucket:
             self._clipper.invalidate()
 
+    def set_betas(self, indices: Iterable[int], beta1: float, beta2: float) -> None:
+        """What ``reconfigure`` does when only the (float) betas of ``params[indices]``
+        changed, to the same values for all of them (a scheduler that cycles momentum every
+        step, as torch's OneCycleLR does): the two hyper-parameter columns are filled on the
+        device (two fills per bucket), no row is rebuilt or uploaded. ``configure`` must give
+        these betas from now on (the rows are rebuilt from it at the next reconfigure)."""
+        beta1, beta2 = float(beta1), float(beta2)
+        if self.capturable and backend.capturing(self.devices):
+            raise RuntimeError(
+                "the betas of some parameters changed while a CUDA graph is being captured: "
+                "the write would be recorded in the graph. Change them before the capture "
+                "(an eager step applies them); nothing was updated")
+        by_bucket: dict[int, tuple[Bucket, list[int]]] = {}
+        where = self._where
+        for i in indices:
+            found = where.get(i)
+            if found is not None:
+                by_bucket.setdefault(id(found[0]), (found[0], []))[1].append(found[1])
+        for bucket, members in by_bucket.values():
+            bucket.fill_columns(members, {K.HYPER_BETA1: beta1, K.HYPER_BETA2: beta2})
+
     # -------------------------------------------------------------------------- buckets
     def _build_buckets(self, indices: list[int]) -> None:
         """Buckets for parameters ``indices`` (none of them in a bucket yet)."""

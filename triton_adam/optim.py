@@ -155,8 +155,10 @@ class Adam(Optimizer):
         maximize: step along the gradient.
         capturable: ``step()`` may be captured in a CUDA graph (``torch.cuda.graph``) after
             an eager warm-up step and replayed; eager results are the same bit for bit.
-            Optimizer-wide. Change ``lr`` (or let a scheduler change it) outside the
-            captured region: each replay reads the current value.
+            Optimizer-wide. A replay runs no Python: a scheduler that changes ``lr`` between
+            replays needs ``lr`` given as a tensor on the parameters' device (the scheduler
+            updates it in place and the captured copy reads it), as with torch's capturable
+            Adam; a float ``lr`` reaches the device at the next eager ``step()``.
         differentiable: must be False (the kernels update in place, outside autograd).
         decoupled_weight_decay: as in torch (True: this is AdamW).
         master_weights: keep fp32 master weights of bf16/fp16 parameters (updated in fp32,
@@ -522,7 +524,14 @@ class Adam(Optimizer):
         if _same(old.config(), hyper.config()):
             return
         try:
-            self._engine.reconfigure(self._indices(g))
+            if _same(old.config()[2:], hyper.config()[2:]) and all(
+                    isinstance(b, float) for b in (old.beta1, old.beta2, hyper.beta1,
+                                                   hyper.beta2)):
+                # Only float betas changed (OneCycleLR cycles beta1 at every step): two
+                # device fills instead of rebuilding the group's rows on the host.
+                self._engine.set_betas(self._indices(g), hyper.beta1, hyper.beta2)
+            else:
+                self._engine.reconfigure(self._indices(g))
         except BaseException:
             self._hypers[g] = old
             raise

@@ -144,7 +144,7 @@ class _AdamBase:
                     p.optimize_attr = attr
         # Every step takes the bucketed launch (one per device and dtype) whatever
         # use_multi_tensor says: results are bitwise the same as one launch per parameter,
-        # which costs ~30 us of host time per tensor and stays available for profiling a
+        # which costs ~100 us of host time per tensor and stays available for profiling a
         # single parameter's update (per_tensor_launches=True).
         self._engine = Engine(self._parameter_list, self._param_config, amsgrad=self._amsgrad,
                               master_weights=self._multi_precision,
@@ -544,7 +544,7 @@ class Adam(_AdamBase):
             need new state or new launch tables raises. Same results bit for bit as
             ``capturable=False``, whose steps refuse to be captured. Default False.
         per_tensor_launches: (keyword only; not in Paddle) one kernel launch per parameter
-            instead of one per bucket: the same results, about 30 us more host time per
+            instead of one per bucket: the same results, about 100 us more host time per
             parameter; for profiling or tuning the update of single parameters.
 
     ``step(grad_scale=None, found_inf=None)`` also takes AMP's device loss scale and overflow
