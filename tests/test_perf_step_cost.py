@@ -50,7 +50,7 @@ def test_triton_launches_counts_and_can_skip_the_kernel():
 def test_step_cost_reduced(tmp_path):
     out = tmp_path / "step_cost.json"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "perf" / "step_cost.py"), "--steps", "5", "--shrink", "4",
+        [sys.executable, str(ROOT / "perf" / "step_cost.py"), "--steps", "40", "--shrink", "4",
          "--json", str(out)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     rows = json.loads(out.read_text())
