@@ -20,11 +20,7 @@ fails by far, through the moments the clip scale enters.
 
 from __future__ import annotations
 
-import os
 import pathlib
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
@@ -36,6 +32,7 @@ if CUDA_MODE:  # before dist_worker is imported: it sets TRITON_INTERPRET for th
                 "single-process run on CPU tensors", allow_module_level=True)
 
 import dist_worker as W  # noqa: E402
+import gloo  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
 WORLD = 2
@@ -52,31 +49,7 @@ def _launch(cases: list[str], out: pathlib.Path) -> dict:
     """Run ``cases`` in two worker processes; ``{case: [result of rank 0, rank 1]}`` with
     None for a result a crashed worker never wrote, plus ``'_log'`` and ``'_seconds'``."""
     out.mkdir(parents=True, exist_ok=True)
-    store = out / "store"
-    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
-    start = time.monotonic()
-    procs = [subprocess.Popen(
-        [sys.executable, str(HERE / "dist_worker.py"), str(r), str(WORLD), str(store), str(out),
-         *cases], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for r in range(WORLD)]
-    log = []
-    deadline = start + TIMEOUT_S
-    for r, p in enumerate(procs):
-        try:
-            text, _ = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                if q.poll() is None:
-                    q.kill()
-            text, _ = p.communicate()
-            text += f"\n[rank {r} killed after {TIMEOUT_S} s]"
-        log.append(f"--- rank {r} exit code {p.returncode} ---\n{text[-4000:]}")
-    results: dict = {"_log": "\n".join(log), "_seconds": time.monotonic() - start}
-    for case in cases:
-        files = [out / f"{case}.rank{r}.pt" for r in range(WORLD)]
-        results[case] = [torch.load(f, weights_only=False) if f.exists() else None
-                         for f in files]
-    return results
+    return gloo.launch(HERE / "dist_worker.py", WORLD, out, cases, TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")

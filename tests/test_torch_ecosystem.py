@@ -43,13 +43,11 @@ import copy
 import os
 import pathlib
 import shutil
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 
+import gloo
 import torch_dist_worker as W
 from devices import CUDA_MODE, DEVICE, cpu_only, fma_tol
 from host_syncs import count_host_syncs
@@ -476,29 +474,7 @@ FSDP_TIMEOUT_S = 600
 def fsdp_runs(tmp_path_factory):
     """One launch of two gloo processes (``torch_dist_worker.py``) running every case."""
     out = tmp_path_factory.mktemp("torch_fsdp")
-    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
-    start = time.monotonic()
-    procs = [subprocess.Popen(
-        [sys.executable, str(HERE / "torch_dist_worker.py"), str(r), str(WORLD),
-         str(out / "store"), str(out), *W.CASES], env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True) for r in range(WORLD)]
-    log = []
-    deadline = start + FSDP_TIMEOUT_S
-    for r, p in enumerate(procs):
-        try:
-            text, _ = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                if q.poll() is None:
-                    q.kill()
-            text, _ = p.communicate()
-            text += f"\n[rank {r} killed after {FSDP_TIMEOUT_S} s]"
-        log.append(f"--- rank {r} exit code {p.returncode} ---\n{text[-4000:]}")
-    runs: dict = {"_log": "\n".join(log), "_seconds": time.monotonic() - start}
-    for case in W.CASES:
-        files = [out / f"{case}.rank{r}.pt" for r in range(WORLD)]
-        runs[case] = [torch.load(f, weights_only=False) if f.exists() else None
-                      for f in files]
+    runs = gloo.launch(HERE / "torch_dist_worker.py", WORLD, out, W.CASES, FSDP_TIMEOUT_S)
     print(f"FSDP2 launch: {runs['_seconds']:.1f} s")
     return runs
 

@@ -30,16 +30,15 @@ Cases (``CASES``):
 
 from __future__ import annotations
 
-import datetime
 import os
 import sys
-import time
-import traceback
 
 if __name__ == "__main__":
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
 
 import torch
+
+import gloo
 
 DTYPE = torch.float64
 STEPS = 6
@@ -297,29 +296,14 @@ def run_scaler_case(case: str, rank: int, world: int) -> dict:
     return out
 
 
-def main(argv: list[str]) -> int:
-    import torch.distributed as dist
+def _run_case(case: str, rank: int, world: int, out_dir: str) -> dict:
+    if case.startswith("scaler"):
+        return run_scaler_case(case, rank, world)
+    return run_training_case(case, rank, world, out_dir)
 
-    rank, world, store, out_dir = int(argv[0]), int(argv[1]), argv[2], argv[3]
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank,
-                            world_size=world, timeout=datetime.timedelta(seconds=180))
-    try:
-        for case in argv[4:]:
-            start = time.monotonic()
-            try:
-                if case.startswith("scaler"):
-                    result = run_scaler_case(case, rank, world)
-                else:
-                    result = run_training_case(case, rank, world, out_dir)
-                result["error"] = None
-            except Exception:  # recorded for the test; the next case still runs
-                result = {"error": traceback.format_exc()}
-            result["seconds"] = time.monotonic() - start
-            torch.save(result, os.path.join(out_dir, f"{case}.rank{rank}.pt"))
-            dist.barrier()  # the ranks stay in step even if one case failed on one rank
-    finally:
-        dist.destroy_process_group()
-    return 0
+
+def main(argv: list[str]) -> int:
+    return gloo.serve(argv, _run_case)
 
 
 if __name__ == "__main__":

@@ -74,14 +74,20 @@ def _triton_runner(args, init, device) -> _Runner:
                  amsgrad=args.amsgrad, **launch)
            if args.optimizer == "adamw"
            else Adam(args.lr, parameters=params, amsgrad=args.amsgrad, **launch))
+    return _optimizer_runner(f"triton_adam ({args.dtype}, {device.type})", params, opt,
+                             device, dtype)
+
+
+def _optimizer_runner(name: str, params: list[torch.Tensor], opt,
+                      device: torch.device, dtype: torch.dtype) -> _Runner:
+    """A runner that sets the gradients and steps ``opt`` (either face)."""
 
     def apply(grads):
         for p, g in zip(params, grads):
             p.grad = g.to(device=device, dtype=dtype)
         opt.step()
 
-    return _Runner(f"triton_adam ({args.dtype}, {device.type})", params, apply,
-                   lambda: [p.detach().cpu().double() for p in params])
+    return _Runner(name, params, apply, lambda: [p.detach().cpu().double() for p in params])
 
 
 def _torch_face_runner(args, init, device) -> _Runner:
@@ -92,14 +98,8 @@ def _torch_face_runner(args, init, device) -> _Runner:
     wd = args.weight_decay if args.optimizer == "adamw" else 0.0
     opt = cls(params, lr=args.lr, weight_decay=wd, amsgrad=args.amsgrad,
               capturable=args.capturable)
-
-    def apply(grads):
-        for p, g in zip(params, grads):
-            p.grad = g.to(device=device, dtype=dtype)
-        opt.step()
-
-    return _Runner(f"triton_adam.optim ({args.dtype}, {device.type})", params, apply,
-                   lambda: [p.detach().cpu().double() for p in params])
+    return _optimizer_runner(f"triton_adam.optim ({args.dtype}, {device.type})", params, opt,
+                             device, dtype)
 
 
 def _reference_runner(args, init) -> _Runner:

@@ -579,6 +579,28 @@ class Engine:
                 "keep the gradients between steps: clear_grad() zeroes them in place); "
                 "nothing was updated")
 
+    def check_amp(self, grad_scale: object, found_inf: object, where: str = "") -> None:
+        """Refuse AMP inputs the kernels cannot read without a host sync: each must be None
+        or a dense 1-element tensor on the parameters' kind of device (``where`` prefixes
+        the names in the message, e.g. ``"optimizer."``)."""
+        kinds = sorted({d.type for d in self.devices})
+        for name, t in (("grad_scale", grad_scale), ("found_inf", found_inf)):
+            if t is None:
+                continue
+            if not isinstance(t, torch.Tensor) or t.numel() != 1:
+                got = (f"a tensor of shape {tuple(t.shape)}" if isinstance(t, torch.Tensor)
+                       else f"a {type(t).__name__}")
+                raise TypeError(f"{where}{name} must be a 1-element tensor on the "
+                                f"parameters' device (no host sync), got {got}")
+            # The kernels read it from device memory: a meta tensor has none, and a tensor on
+            # another kind of device would be copied (a host sync) at every step.
+            if t.device.type == "meta" or t.layout != torch.strided \
+                    or (kinds and t.device.type not in kinds):
+                got = (f"a {t.layout} tensor" if t.layout != torch.strided
+                       else f"a tensor on {t.device}")
+                raise ValueError(f"{where}{name} is {got}; expected a dense 1-element tensor "
+                                 f"on the parameters' device ({', '.join(kinds)})")
+
     def _on(self, t: torch.Tensor | None, name: str, bucket: Bucket) -> torch.Tensor | None:
         """An AMP tensor as the bucket's kernels read it (float32, one element, on its
         device): GradScaler's own tensors as they are; others converted into a buffer kept

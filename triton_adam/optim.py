@@ -537,23 +537,7 @@ class Adam(Optimizer):
             raise
 
     def _check_amp(self, grad_scale: object, found_inf: object) -> None:
-        kinds = sorted({d.type for d in self._devices})
-        for name, t in (("grad_scale", grad_scale), ("found_inf", found_inf)):
-            if t is None:
-                continue
-            if not isinstance(t, torch.Tensor) or t.numel() != 1:
-                got = (f"a tensor of shape {list(t.shape)}" if isinstance(t, torch.Tensor)
-                       else f"a {type(t).__name__}")
-                raise TypeError(f"optimizer.{name} must be a 1-element tensor on the "
-                                f"parameters' device (no host sync), got {got}")
-            # The kernels read it from device memory: a meta tensor has none, and a tensor on
-            # another kind of device would be copied (a host sync) at every step.
-            if t.device.type == "meta" or t.layout != torch.strided \
-                    or (kinds and t.device.type not in kinds):
-                got = (f"a {t.layout} tensor" if t.layout != torch.strided
-                       else f"a tensor on {t.device}")
-                raise ValueError(f"optimizer.{name} is {got}; expected a dense 1-element "
-                                 f"tensor on the parameters' device ({', '.join(kinds)})")
+        self._engine.check_amp(grad_scale, found_inf, where="optimizer.")
 
     # ----------------------------------------------------------------------- extras
     @property

@@ -377,23 +377,7 @@ class _AdamBase:
 
     def _check_amp(self, grad_scale: torch.Tensor | None,
                    found_inf: torch.Tensor | None) -> None:
-        devices = sorted({d.type for d in self._engine.devices})
-        for name, t in (("grad_scale", grad_scale), ("found_inf", found_inf)):
-            if t is None:
-                continue
-            if not isinstance(t, torch.Tensor) or t.numel() != 1:
-                got = (f"a tensor of shape {tuple(t.shape)}" if isinstance(t, torch.Tensor)
-                       else f"a {type(t).__name__}")
-                raise TypeError(f"{name} must be a 1-element tensor on the parameters' "
-                                f"device (no host sync), got {got}")
-            # The kernels read it from device memory: a meta tensor has none, and a tensor on
-            # another kind of device would be copied (a host sync) at every step.
-            if t.device.type == "meta" or t.layout != torch.strided \
-                    or (devices and t.device.type not in devices):
-                got = (f"a {t.layout} tensor" if t.layout != torch.strided
-                       else f"a tensor on {t.device}")
-                raise ValueError(f"{name} is {got}; expected a dense 1-element tensor on the "
-                                 f"parameters' device ({', '.join(devices)})")
+        self._engine.check_amp(grad_scale, found_inf)
 
     @property
     def engine(self) -> Engine:

@@ -254,10 +254,17 @@ def _fake_tensor_type() -> type | None:
 
 
 def _without_values(t: torch.Tensor) -> str | None:
-    """Why tensor ``t`` has no dense values to copy from, or None if it has."""
+    """Why tensor ``t`` has no dense values to copy from, or None if it has (Paddle's format:
+    a DTensor is refused too)."""
     if _dist.is_dtensor(t):
         return ("a DTensor; a sharded run loads this rank's local shards (its own "
                 "opt.state_dict(), or triton_adam.distributed.shard_full_state(full, params))")
+    return tensor_without_values(t)
+
+
+def tensor_without_values(t: torch.Tensor) -> str | None:
+    """Why tensor ``t`` holds no dense values a load can copy (nested, sparse, meta or fake),
+    or None if it holds them: shared by the state formats of both faces."""
     if t.is_nested:
         return "a nested tensor"
     if t.layout != torch.strided:

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
 from collections.abc import Callable, Hashable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,7 +48,8 @@ import torch
 
 from triton_adam import dtensor as D
 from triton_adam.engine import Engine
-from triton_adam.state import MissingStateError, StateDictError, StateDictTypeError
+from triton_adam.state import (MissingStateError, StateDictError, StateDictTypeError,
+                                tensor_without_values)
 
 __all__ = ["MASTER", "MOMENTS", "STEP", "ParamLoad", "StateView", "check_entry",
            "check_structure", "engine_values", "fresh_values", "param_state"]
@@ -101,26 +101,6 @@ class ParamLoad:
     tensors: dict[str, torch.Tensor]
 
 
-def _fake_tensor_type() -> type | None:
-    # Only a program that imported torch's fake tensors can hold one.
-    module = sys.modules.get("torch._subclasses.fake_tensor")
-    return getattr(module, "FakeTensor", None) if module is not None else None
-
-
-def _without_values(t: torch.Tensor) -> str | None:
-    """Why tensor ``t`` has no dense values to copy from, or None if it has."""
-    if t.is_nested:
-        return "a nested tensor"
-    if t.layout != torch.strided:
-        return f"a {t.layout} tensor (call .to_dense() first)"
-    if t.device.type == "meta":
-        return "a tensor on the meta device, which holds no values"
-    fake = _fake_tensor_type()
-    if fake is not None and isinstance(t, fake):
-        return "a FakeTensor, which holds no values"
-    return None
-
-
 def _local_value(value: object, param: torch.Tensor, where: str, what: str) -> torch.Tensor:
     """``value`` as a dense tensor shaped like ``param``'s local shard, or a StateDictError
     naming ``where``: a DTensor value must be sharded like a DTensor parameter."""
@@ -141,7 +121,7 @@ def _local_value(value: object, param: torch.Tensor, where: str, what: str) -> t
                 "(torch.distributed.checkpoint does when loading into this optimizer's "
                 "state_dict())")
         value = D.local_tensor(value)
-    why = _without_values(value)
+    why = tensor_without_values(value)
     if why is not None:
         raise StateDictTypeError(f"{where} ({what}) is {why}; expected a dense tensor")
     local = D.local_tensor(param)
@@ -158,7 +138,7 @@ def _step_value(value: object, where: str) -> float:
     if isinstance(value, torch.Tensor):
         if D.is_dtensor(value):
             raise StateDictTypeError(f"{where} is a DTensor; a step count is a plain tensor")
-        why = _without_values(value)
+        why = tensor_without_values(value)
         if why is not None:
             raise StateDictTypeError(f"{where} is {why}; expected a one-element tensor")
         if value.numel() != 1 or value.dtype == torch.bool or value.is_complex():
