@@ -43,6 +43,8 @@ import triton_adam  # noqa: E402
 from counters import DeviceOps, TritonLaunches  # noqa: E402
 
 Shape = tuple[int, ...]
+MIN_TIMED_S = 0.3  # timed host work per row, at least (see measure)
+MAX_TIMED_STEPS = 5000
 
 
 def gpt2_small(divisor: int) -> list[Shape]:
@@ -168,9 +170,14 @@ def measure(model: str, stepper: Stepper, divisor: int, steps: int) -> dict:
         for _ in range(5 if stepper.host_time else 1):
             step()
         times = []
-        for i in range(steps if stepper.host_time else 0):
+        # At least ``steps`` timed steps and at least MIN_TIMED_S of them, so that the
+        # median of a fast row (small lists) is not one burst of a shared machine's noise.
+        i = 0
+        while stepper.host_time and (i < steps or (sum(times) < MIN_TIMED_S
+                                                   and i < MAX_TIMED_STEPS)):
+            i += 1
             if stepper.new_grads:
-                for p, g in zip(params, grad_sets[(i + 1) % 2]):
+                for p, g in zip(params, grad_sets[i % 2]):  # i from 1: new ones first
                     p.grad = g
             start = time.perf_counter()
             step()
@@ -212,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args(argv)
     rows = []
+    # One discarded row first: the process's one-time costs (first launches through each
+    # code path, allocator growth) otherwise land on whichever row is timed first.
+    first = (args.model or list(MODELS))[0]
+    measure(first, STEPPERS[0], MODELS[first][2] * args.shrink, args.steps)
     for model in args.model or list(MODELS):
         _, count, divisor = MODELS[model]
         for stepper in STEPPERS:
