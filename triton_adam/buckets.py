@@ -269,31 +269,6 @@ class Bucket:
             self._retired.append(old)
 
     # ------------------------------------------------------------------------------ state
-    def rebase_pows(self, members: Sequence[int]) -> None:
-        """Set the current pows of ``members`` to ``beta ** t`` of their configured betas, ``t``
-        the number of the step that reads them (steps applied + 1), on the device (no host
-        sync): the bias correction torch computes from the current betas, after they
-        changed."""
-        if not members:
-            return
-        with C.device_guard(self.device):
-            if self._tensor_hypers:
-                self._refresh_tensor_hypers()
-            betas = slice(K.POW_BETA1, K.POW_BETA2 + 1)
-            if self.slots is None:
-                groups = [(self.slot, list(members))]
-            else:
-                by_slot: dict[int, list[int]] = {}
-                for j in members:
-                    by_slot.setdefault(self.slots[j], []).append(j)
-                groups = list(by_slot.items())
-            for slot, rows in groups:
-                idx = C.upload(np.asarray(rows, dtype=np.int64), self.device)
-                step = self.pows[slot].index_select(0, idx)[:, K.POW_STEP:K.POW_STEP + 1]
-                beta = self.hyper.index_select(0, idx)[:, K.HYPER_BETA1:K.HYPER_BETA2 + 1]
-                # The pows a step reads are those of its own count: beta ** (steps so far + 1).
-                self.pows[slot][:, betas].index_copy_(0, idx, torch.pow(beta, step + 1))
-
     def current_slot(self, j: int) -> int:
         return self.slot if self.slots is None else self.slots[j]
 

@@ -322,16 +322,15 @@ class Engine:
                             clip_index=clip_index, clip_value=clip_value, lazy=config.lazy,
                             norm_owner=self._norm_rule.owners[index])
 
-    def reconfigure(self, indices: Iterable[int], rebase_pows: bool = False) -> None:
+    def reconfigure(self, indices: Iterable[int]) -> None:
         """Ask ``configure`` again for ``params[indices]`` (their options changed): the new
         values take effect at the next step, uploaded asynchronously (no host sync, no
         recompile unless a decay or clip switch of a bucket turns on). Every new
         configuration is built before any is applied, so a bad one changes nothing.
 
         The pows go on from their values (Paddle: a new beta multiplies them from the next
-        step on); with ``rebase_pows`` they become ``beta ** t`` of the new betas, ``t`` the next
-        step's number (torch's bias correction, computed from the current betas and the step
-        count), on the device."""
+        step on); an engine with ``bias_from_step`` computes its bias corrections from the
+        current betas and the step count, so new betas need nothing more."""
         indices = list(indices)
         if self.capturable and any(i in self._where for i in indices) \
                 and backend.capturing(self.devices):
@@ -349,8 +348,6 @@ class Engine:
             by_bucket.setdefault(id(bucket), (bucket, {}))[1][j] = member
         for bucket, members in by_bucket.values():
             bucket.set_configs(members)
-            if rebase_pows:
-                bucket.rebase_pows([j for j in members if bucket.created[j]])
         if by_bucket:
             self._clipper.invalidate()
 
@@ -721,12 +718,12 @@ def zero_in_place(tensors: Iterable[torch.Tensor]) -> None:
     """Zero ``tensors`` (gradients) in place with one ``torch._foreach_zero_`` per (device,
     dtype) group, whatever their number (a sparse tensor is emptied on its own)."""
     groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
-    for t in tensors:
-        if t.layout != torch.strided:
-            t.zero_()
-        else:
-            groups.setdefault((t.device, t.dtype), []).append(t)
     with torch.no_grad():
+        for t in tensors:
+            if t.layout != torch.strided:
+                t.zero_()
+            else:
+                groups.setdefault((t.device, t.dtype), []).append(t)
         for group in groups.values():
             torch._foreach_zero_(group)
 
