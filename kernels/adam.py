@@ -29,6 +29,10 @@ Design notes, for the issues that build on this kernel:
   per-tensor pow buffer between steps, which it can do without reading the device.
 * Master weights, a gradient scale (clipping, AMP unscaling) and a skip-on-overflow flag are
   more loads and constexpr switches in ``_adam_block``/the kernel, not a second kernel.
+  bf16 params with fp32 masters move g 2 + master 4 + m, v 8 in and p 2 + master 4 + m, v 8
+  out (28 B); with ``MASTER_REMAINDER`` the master is the bf16 param plus an int16 remainder
+  (``kernels/common.py``: ``join_master`` / ``split_master``), read and written as the pair:
+  g 2 + p 2 + rem 2 + m, v 8 in, p 2 + rem 2 + m, v 8 out (26 B), the same master bits.
 * Boundaries: this module holds the dense and multi-tensor kernels and their launchers. The
   math, the gradient transform and the pow advance are ``kernels/update.py``'s (shared with
   the sparse-row kernel), the table layouts, dtype maps and IEEE helpers
@@ -97,7 +101,9 @@ from .common import (  # the layout and configuration are re-exported: the engin
     compute_dtype_for,
     device_guard,
     grad_dtype_allowed,
+    join_master,
     round_to,
+    split_master,
 )
 from .update import (
     adam_math,
@@ -159,6 +165,7 @@ def _adam_block(
     CLIP_SCALE: tl.constexpr,
     CLIP_VALUE: tl.constexpr,
     MASTER: tl.constexpr,
+    MASTER_REMAINDER: tl.constexpr,
     UNSCALE: tl.constexpr,
     MAXIMIZE: tl.constexpr,
 ):
@@ -169,7 +176,12 @@ def _adam_block(
     and the clamp to ``[clip_lo, clip_hi]`` (``ClipGradByValue``; NaN stays NaN).
     """
     compute_dtype = exp_avg_ptr.dtype.element_ty
-    if MASTER:
+    if MASTER_REMAINDER:
+        # The fp32 master as a bf16 param and its int16 remainder (kernels/common.py): the
+        # same fp32 value as MASTER reads, from 4 bytes instead of 4 + the param written.
+        p = join_master(tl.load(param_ptr + offs, mask=mask), tl.load(master_ptr + offs,
+                                                                       mask=mask))
+    elif MASTER:
         # fp32 master weights of fp16/bf16 params: the update reads the master, never the
         # rounded param, and writes both.
         p = tl.load(master_ptr + offs, mask=mask)
@@ -191,9 +203,16 @@ def _adam_block(
         tl.store(max_exp_avg_sq_ptr + offs, vmax, mask=mask)
     tl.store(exp_avg_ptr + offs, m, mask=mask)
     tl.store(exp_avg_sq_ptr + offs, v, mask=mask)
-    if MASTER:
-        tl.store(master_ptr + offs, p, mask=mask)
-    tl.store(param_ptr + offs, round_to(p, param_ptr.dtype.element_ty), mask=mask)
+    if MASTER_REMAINDER:
+        # The param rounded to nearest with ties away from zero (not to even: see
+        # kernels/common.py), and the remainder that rebuilds the master exactly.
+        p_out, rem = split_master(p)
+        tl.store(master_ptr + offs, rem, mask=mask)
+        tl.store(param_ptr + offs, p_out, mask=mask)
+    else:
+        if MASTER:
+            tl.store(master_ptr + offs, p, mask=mask)
+        tl.store(param_ptr + offs, round_to(p, param_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -207,7 +226,8 @@ def _adam_kernel(
     pows_in_ptr,  # *C: (beta1_pow, beta2_pow) used by this step
     pows_out_ptr,  # *C: receives the advanced pows; never the same memory as pows_in_ptr
     clip_scale_ptr,  # *S: the scale that multiplies the gradient (CLIP_SCALE only)
-    master_ptr,  # *fp32: master weights of fp16/bf16 params (MASTER only, else any pointer)
+    master_ptr,  # *fp32: master weights of fp16/bf16 params (MASTER only, else any pointer);
+    #              *i16: the master's remainders beside bf16 params (MASTER_REMAINDER)
     grad_scale_ptr,  # *f32: AMP loss scale the gradient is divided by (UNSCALE only)
     found_inf_ptr,  # *f32: nonzero = skip this step entirely (SKIP_ON_INF only)
     lr: tl.float64,  # the step's learning rate, exact in float64 (per step: never constexpr)
@@ -220,6 +240,7 @@ def _adam_kernel(
     CLIP_SCALE: tl.constexpr,  # multiply the gradient by *clip_scale_ptr (norm clipping)
     CLIP_VALUE: tl.constexpr,  # clamp the gradient to the hyper row's clip bounds
     MASTER: tl.constexpr,  # read/write fp32 master weights, write the param rounded
+    MASTER_REMAINDER: tl.constexpr,  # MASTER kept as bf16 param + int16 remainder (master_ptr)
     UNSCALE: tl.constexpr,  # divide the gradient by *grad_scale_ptr (AMP)
     SKIP_ON_INF: tl.constexpr,  # change nothing when *found_inf_ptr is set (AMP)
     LR_ON_DEVICE: tl.constexpr,  # read the learning rate at lr_ptr (capturable steps)
@@ -248,14 +269,15 @@ def _adam_kernel(
         _adam_block(param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, max_exp_avg_sq_ptr,
                     master_ptr, offs, None, lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps,
                     l2, l1, wd, g_scale, clip_lo, clip_hi, inv_grad_scale, sign, AMSGRAD,
-                    COUPLED_DECAY, DECOUPLED_DECAY, CLIP_SCALE, CLIP_VALUE, MASTER, UNSCALE,
-                    MAXIMIZE)
+                    COUPLED_DECAY, DECOUPLED_DECAY, CLIP_SCALE, CLIP_VALUE, MASTER,
+                    MASTER_REMAINDER,
+                    UNSCALE, MAXIMIZE)
     else:
         _adam_block(param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, max_exp_avg_sq_ptr,
                     master_ptr, offs, offs < n_elements, lr_t, step_size, inv_sqrt_bc2, beta1,
                     beta2, eps, l2, l1, wd, g_scale, clip_lo, clip_hi, inv_grad_scale, sign,
                     AMSGRAD, COUPLED_DECAY, DECOUPLED_DECAY, CLIP_SCALE, CLIP_VALUE, MASTER,
-                    UNSCALE, MAXIMIZE)
+                    MASTER_REMAINDER, UNSCALE, MAXIMIZE)
 
     if pid == 0:
         # Re-read (from cache) rather than keep the pows and betas live across the block body
@@ -275,7 +297,8 @@ def _adam_tensor_list_kernel(
     pows_in_ptr,  # *C [n_tensors, POW_SLOT_WIDTH]: the pows this step uses
     pows_out_ptr,  # *C [n_tensors, POW_SLOT_WIDTH]: receives the pows of the next step
     clip_scales_ptr,  # *S: clip scales, indexed by the tensor table's COL_CLIP_INDEX
-    master_ptr,  # *fp32: the bucket's flat master-weight buffer (MASTER only)
+    master_ptr,  # *fp32: the bucket's flat master-weight buffer (MASTER only);
+    #              *i16: its flat remainder buffer (MASTER_REMAINDER)
     grad_scale_ptr,  # *f32: AMP loss scale the gradients are divided by (UNSCALE only)
     found_inf_ptr,  # *f32: nonzero = skip this step entirely (SKIP_ON_INF only)
     lr: tl.float64,  # the step's learning rate (per step: never constexpr)
@@ -293,6 +316,7 @@ def _adam_tensor_list_kernel(
     CLIP_SCALE: tl.constexpr,
     CLIP_VALUE: tl.constexpr,
     MASTER: tl.constexpr,
+    MASTER_REMAINDER: tl.constexpr,  # the master as bf16 param + int16 remainder
     UNSCALE: tl.constexpr,
     SKIP_ON_INF: tl.constexpr,
     LR_ON_DEVICE: tl.constexpr,  # read the learning rate at lr_ptr (capturable steps)
@@ -376,20 +400,21 @@ def _adam_tensor_list_kernel(
             _adam_block(param_ptr, grad_ptr, m_ptr, v_ptr, vmax_ptr, w_ptr, offs, None, lr_t,
                         step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd, g_scale,
                         clip_lo, clip_hi, inv_grad_scale, sign, AMSGRAD, COUPLED_DECAY,
-                        DECOUPLED_DECAY, CLIP_SCALE, CLIP_VALUE, MASTER, UNSCALE, MAXIMIZE)
+                        DECOUPLED_DECAY, CLIP_SCALE, CLIP_VALUE, MASTER, MASTER_REMAINDER,
+                        UNSCALE, MAXIMIZE)
         else:
             _adam_block(param_ptr, grad_ptr, m_ptr, v_ptr, vmax_ptr, w_ptr, offs,
                         offs < n_elements, lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps,
                         l2, l1, wd, g_scale, clip_lo, clip_hi, inv_grad_scale, sign, AMSGRAD,
                         COUPLED_DECAY, DECOUPLED_DECAY, CLIP_SCALE, CLIP_VALUE, MASTER,
-                        UNSCALE, MAXIMIZE)
+                        MASTER_REMAINDER, UNSCALE, MAXIMIZE)
 
 
 def kernel_constexprs(*, amsgrad: bool, coupled_decay: bool, decoupled_decay: bool,
                       clip_scale: bool = False, clip_value: bool = False, master: bool = False,
                       unscale: bool = False, skip_on_inf: bool = False,
                       lr_on_device: bool = False, maximize: bool = False,
-                      bias_from_step: bool = False) -> dict:
+                      bias_from_step: bool = False, master_remainder: bool = False) -> dict:
     """The constexpr arguments of one specialization (shared with the compile check)."""
     return dict(
         BLOCK=BLOCK_SIZE,
@@ -398,7 +423,8 @@ def kernel_constexprs(*, amsgrad: bool, coupled_decay: bool, decoupled_decay: bo
         DECOUPLED_DECAY=bool(decoupled_decay),
         CLIP_SCALE=bool(clip_scale),
         CLIP_VALUE=bool(clip_value),
-        MASTER=bool(master),
+        MASTER=bool(master or master_remainder),
+        MASTER_REMAINDER=bool(master_remainder),
         UNSCALE=bool(unscale),
         SKIP_ON_INF=bool(skip_on_inf),
         LR_ON_DEVICE=bool(lr_on_device),
@@ -414,6 +440,18 @@ def _check_amp(grad_scale: torch.Tensor | None, found_inf: torch.Tensor | None,
             _check(t.numel() >= 1 and t.device == device and t.is_floating_point(), lambda:
                    f"{name} must be a floating tensor with one element on {device}, got "
                    f"{t.dtype} {tuple(t.shape)} on {t.device}")
+
+
+def _master_fits(param_dtype: torch.dtype, master_dtype: torch.dtype) -> bool:
+    """fp32 masters go with fp16/bf16 params; int16 remainders with bf16 params only (an
+    fp16 param and 16 bits cannot hold every fp32 value: kernels/common.py)."""
+    return ((param_dtype in LOW_PRECISION and master_dtype == torch.float32)
+            or (param_dtype == torch.bfloat16 and master_dtype == torch.int16))
+
+
+def _remainder(master: torch.Tensor | None) -> bool:
+    """Whether ``master`` holds remainders (int16) rather than fp32 master weights."""
+    return master is not None and master.dtype == torch.int16
 
 
 def _check_grad_dtype(param_dtype: torch.dtype, grad_dtype: torch.dtype) -> None:
@@ -471,7 +509,9 @@ def adam_update_(
             the gradient as it is read (a norm clip's scale, computed on the device), or None.
         clip_value: clamp the gradient to ``hyper[HYPER_CLIP_MIN], hyper[HYPER_CLIP_MAX]``.
         master: float32 master weights of an fp16/bf16 param (same numel): the update reads
-            and writes them and writes the param rounded; or None.
+            and writes them and writes the param rounded; or the int16 remainders of a
+            bfloat16 param's masters (``kernels/common.py``: the param and its remainder are
+            the master, read and written as a pair); or None.
         grad_scale: AMP's loss scale (1 element, device): the gradient is divided by it.
         found_inf: AMP's overflow flag (1 element, device): when nonzero nothing changes
             (param, master, moments; the pows are copied, not advanced).
@@ -487,10 +527,11 @@ def adam_update_(
            f"param dtype {param.dtype} is not float32, float64, float16 or bfloat16")
     _check_grad_dtype(param.dtype, grad.dtype)
     if master is not None:
-        _check(param.dtype in LOW_PRECISION and master.dtype == torch.float32
-               and master.numel() == param.numel() and master.is_contiguous()
-               and master.device == param.device, lambda:
-               "master must be a contiguous float32 tensor like an fp16/bf16 param")
+        _check(_master_fits(param.dtype, master.dtype) and master.numel() == param.numel()
+               and master.is_contiguous() and master.device == param.device, lambda:
+               "master must be a contiguous float32 tensor like an fp16/bf16 param, or the "
+               f"int16 remainders of a bfloat16 param's masters; got {master.dtype} "
+               f"{tuple(master.shape)} on {master.device} for a {param.dtype} param")
     _check_amp(grad_scale, found_inf, param.device)
     _check(grad.shape == param.shape, lambda: f"grad shape {tuple(grad.shape)} != param shape "
            f"{tuple(param.shape)}")
@@ -535,6 +576,7 @@ def adam_update_(
                                 decoupled_decay=decoupled_decay,
                                 clip_scale=clip_scale is not None, clip_value=clip_value,
                                 master=master is not None, unscale=grad_scale is not None,
+                                master_remainder=_remainder(master),
                                 skip_on_inf=found_inf is not None,
                                 lr_on_device=lr_ptr is not None, maximize=maximize,
                                 bias_from_step=bias_from_step),
@@ -596,7 +638,8 @@ def adam_update_tensor_list_(
             tensors), or None for no norm clipping.
         clip_value: clamp gradients to their hyper row's clip bounds.
         master: the bucket's flat float32 master weights (fp16/bf16 params), laid out like
-            the moments; or None.
+            the moments; or its flat int16 remainder buffer (bfloat16 params, as in
+            ``adam_update_``); or None.
         grad_scale, found_inf: AMP's loss scale and overflow flag, as in ``adam_update_``.
         maximize: as in ``adam_update_`` (each row's ``HYPER_SIGN``).
         bias_from_step: as in ``adam_update_``.
@@ -605,9 +648,10 @@ def adam_update_tensor_list_(
     cdtype = exp_avg.dtype
     _check_grad_dtype(param_dtype, grad_dtype)
     if master is not None:
-        _check(param_dtype in LOW_PRECISION and master.dtype == torch.float32
-               and master.numel() == exp_avg.numel() and master.is_contiguous(), lambda:
-               "master must be a contiguous float32 buffer like exp_avg, for fp16/bf16 params")
+        _check(_master_fits(param_dtype, master.dtype) and master.numel() == exp_avg.numel()
+               and master.is_contiguous() and master.device == exp_avg.device, lambda:
+               "master must be a contiguous float32 buffer like exp_avg for fp16/bf16 params, "
+               "or an int16 remainder buffer like exp_avg for bfloat16 params")
     _check_amp(grad_scale, found_inf, exp_avg.device)
     n_tensors = tensor_table.shape[0] if tensor_table.dim() == 2 else -1
     _check(cdtype == compute_dtype_for(param_dtype), lambda:
@@ -664,6 +708,7 @@ def adam_update_tensor_list_(
                                      coupled_decay=coupled_decay, decoupled_decay=decoupled_decay,
                                      clip_scale=clip_scales is not None, clip_value=clip_value,
                                      master=master is not None, unscale=grad_scale is not None,
+                                     master_remainder=_remainder(master),
                                      skip_on_inf=found_inf is not None,
                                      lr_on_device=lr_ptr is not None, maximize=maximize,
                                 bias_from_step=bias_from_step),
@@ -677,7 +722,8 @@ def tensor_list_constexprs(*, param_dtype: torch.dtype, grad_dtype: torch.dtype,
                            clip_scale: bool = False, clip_value: bool = False,
                            master: bool = False, unscale: bool = False,
                            skip_on_inf: bool = False, lr_on_device: bool = False,
-                           maximize: bool = False, bias_from_step: bool = False) -> dict:
+                           maximize: bool = False, bias_from_step: bool = False,
+                           master_remainder: bool = False) -> dict:
     """The constexpr arguments of one multi-tensor specialization (shared with the compile
     check)."""
     return dict(
@@ -691,7 +737,8 @@ def tensor_list_constexprs(*, param_dtype: torch.dtype, grad_dtype: torch.dtype,
         DECOUPLED_DECAY=bool(decoupled_decay),
         CLIP_SCALE=bool(clip_scale),
         CLIP_VALUE=bool(clip_value),
-        MASTER=bool(master),
+        MASTER=bool(master or master_remainder),
+        MASTER_REMAINDER=bool(master_remainder),
         UNSCALE=bool(unscale),
         SKIP_ON_INF=bool(skip_on_inf),
         LR_ON_DEVICE=bool(lr_on_device),

@@ -30,7 +30,10 @@ private names):
   and the alignment of flat state regions (``STATE_ALIGN``);
 * the IEEE arithmetic of every kernel (``sqrt_rn``, ``div_rn``: Triton's ``/`` and
   ``tl.sqrt`` are approximate in float32 on NVIDIA GPUs) and the round-to-nearest-even
-  narrowing of a result to its storage dtype (``round_to``, exact under the interpreter too).
+  narrowing of a result to its storage dtype (``round_to``, exact under the interpreter too);
+* the split of an fp32 master into a bf16 param and an int16 remainder and its inverse
+  (``split_master`` / ``join_master``, and their torch twins ``*_host``), the format of
+  ``master_weight_format="remainder"``.
 
 The Adam step's own device functions (the per-program scalars, the gradient transform, the
 update math, the pow advance) live in ``kernels/update.py``; the kernels in ``adam.py``
@@ -193,6 +196,88 @@ def round_to(p, dtype: tl.constexpr):
     else:
         out = p.to(dtype)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# fp32 master weights as remainders (``master_weight_format="remainder"``, bf16 params only)
+#
+# The fp32 master ``w`` of a bf16 param is kept as the pair (param, rem): ``param`` is ``w``
+# rounded to nearest bf16 with ties AWAY from zero, ``rem`` the int16 signed difference of
+# their bit patterns, so that, in 32-bit two's-complement integer arithmetic,
+#
+#     bits(w) = (bits(param) << 16) + rem        (rem sign-extended)
+#
+# Split: ``lo = bits(w) & 0xFFFF``, ``hi = bits(w) >> 16``; param = hi + (lo >= 0x8000), rem =
+# lo as int16 (in [-0x8000, 0x7FFF]). Incrementing the bit pattern of the high half raises the
+# magnitude by one bf16 ulp (or carries into the exponent, up to inf), so param is w rounded to
+# nearest, ties away from zero; then bits(w) - (bits(param) << 16) = lo - 0x10000 * up, which
+# is rem. Every fp32 value, subnormals, zeros of either sign and infinities included, is
+# rebuilt bit for bit.
+#
+# Why not round to nearest EVEN (the fp32-master mode's param, ``round_to``): an even bf16
+# pattern h is the RNE rounding of 65537 fp32 patterns ((h << 16) - 0x8000 ..
+# (h << 16) + 0x8000, both ties rounding to the even h), one more than 16 bits can tell apart,
+# so no 16-bit remainder rebuilds every master beside an RNE param (TransformerEngine's
+# remainder mode rounds ties away for the same reason). Ties away differs from RNE only on an
+# exact tie (low half 0x8000) whose high half is even: the param is then one bf16 ulp larger in
+# magnitude than the fp32-master mode's. The masters, moments and pows, which are all the
+# update reads, stay bit-identical to the fp32-master mode.
+#
+# NaN: the carry could turn a NaN's high half into -0.0 / +0.0 (0x7FFF + 1, 0xFFFF + 1: the
+# quiet NaN GPUs produce, 0x7FFFFFFF, is one), and a signaling NaN whose payload lies in the
+# low half has an infinite high half. So a NaN master's param is its high half with the quiet
+# bit set (0x0040: a bf16 NaN of the same sign, no carry) and rem stays lo: the rebuilt master
+# is a NaN (its payload may differ). The param is a NaN wherever the master is one, as the
+# fp32-master mode's is; every non-NaN fp32 pattern is rebuilt exactly.
+
+
+@triton.jit
+def join_master(param, rem):
+    """The fp32 master rebuilt from a bf16 ``param`` and its int16 remainder ``rem``."""
+    # int16 -> int32 sign-extends: its high 16 bits are shifted out, as they should be.
+    high = param.to(tl.int16, bitcast=True).to(tl.int32) << 16
+    return (high + rem.to(tl.int32)).to(tl.float32, bitcast=True)  # wraps modulo 2^32
+
+
+@triton.jit
+def split_master(w):
+    """``(param, rem)``: the fp32 master ``w`` as a bf16 param (nearest, ties away from zero)
+    and its int16 remainder (see above)."""
+    bits = w.to(tl.int32, bitcast=True)
+    lo = bits & 0xFFFF
+    hi = (bits >> 16) & 0xFFFF
+    param_bits = tl.where(w != w, hi | 0x0040, hi + (lo >= 0x8000).to(tl.int32))
+    param = param_bits.to(tl.int16).to(tl.bfloat16, bitcast=True)
+    rem = bits.to(tl.int16)  # the low half, read as signed: lo - 0x10000 * (lo >= 0x8000)
+    return param, rem
+
+
+def split_master_host(master: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``split_master`` in torch: ``(param bf16, rem int16)`` of float32 masters (any shape),
+    the same bits the kernels write. Used to load fp32 masters into remainder state."""
+    if master.dtype != torch.float32:
+        raise TypeError(f"master weights are float32, got {master.dtype}")
+    bits = master.contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    lo = bits & 0xFFFF
+    hi = bits >> 16
+    param_bits = torch.where(torch.isnan(master.reshape(bits.shape)), hi | 0x0040,
+                             hi + (lo >= 0x8000).to(torch.int64))
+    param = torch.where(param_bits >= 0x8000, param_bits - 0x10000, param_bits)
+    rem = torch.where(lo >= 0x8000, lo - 0x10000, lo)
+    return param.to(torch.int16).view(torch.bfloat16), rem.to(torch.int16)
+
+
+def join_master_host(param: torch.Tensor, rem: torch.Tensor) -> torch.Tensor:
+    """``join_master`` in torch: the float32 masters (a new tensor) of bf16 ``param`` and
+    int16 ``rem`` of the same shape."""
+    if param.dtype != torch.bfloat16 or rem.dtype != torch.int16 or param.shape != rem.shape:
+        raise TypeError(f"need a bfloat16 param and an int16 remainder of one shape, got "
+                        f"{param.dtype} {tuple(param.shape)} and {rem.dtype} "
+                        f"{tuple(rem.shape)}")
+    high = (param.contiguous().view(torch.int16).to(torch.int64) & 0xFFFF) << 16
+    bits = (high + rem.to(torch.int64)) & 0xFFFFFFFF
+    bits = torch.where(bits >= 0x80000000, bits - 0x100000000, bits)
+    return bits.to(torch.int32).view(torch.float32)
 
 
 @triton.jit

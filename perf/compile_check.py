@@ -67,7 +67,9 @@ class Specialization:
 def _low_precision_variants() -> list[tuple]:
     """fp16/bf16 params: (param, grad, amsgrad, coupled, decoupled, n type, clip, master mode)
     with fp32 master weights (also with fp32 gradients, AMP's loss scale and overflow flag,
-    and decay), and without (computed in fp32, rounded every step)."""
+    and decay), and without (computed in fp32, rounded every step); bf16 params with the
+    master as a remainder (``master_weight_format="remainder"``: the int16 remainder at
+    ``master_ptr``, the param read too), plain, with everything, and with AMP."""
     out = []
     for d in (torch.bfloat16, torch.float16):
         out += [(d, d, False, False, False, "i32", False, "master"),
@@ -75,6 +77,10 @@ def _low_precision_variants() -> list[tuple]:
                 (d, torch.float32, False, False, False, "i32", False, "master"),
                 (d, d, False, False, False, "i32", False, "master amp"),
                 (d, d, False, False, False, "i32", False, "no-master")]
+    b = torch.bfloat16
+    out += [(b, b, False, False, False, "i32", False, "master remainder"),
+            (b, b, True, True, True, "i32", True, "master remainder"),
+            (b, b, False, False, False, "i32", False, "master remainder amp")]
     return out
 
 
@@ -106,16 +112,24 @@ def _mode_words(mp: str | None) -> dict[str, bool]:
     capturable or PyTorch-face step, maximize)."""
     words = set((mp or "").split())
     torch_face = "torch" in words
-    return dict(master="master" in words, unscale="amp" in words, skip_on_inf="amp" in words,
+    return dict(master="master" in words, master_remainder="remainder" in words,
+                unscale="amp" in words, skip_on_inf="amp" in words,
                 lr_on_device="capturable" in words or torch_face, bias_from_step=torch_face,
                 maximize="maximize" in words)
+
+
+def _master_type(mp: str | None) -> str:
+    """The element type at ``master_ptr``: fp32 masters, or int16 remainders."""
+    return "*i16" if _mode_words(mp)["master_remainder"] else "*fp32"
 
 
 def _floor_mode(dtype: torch.dtype, grad: torch.dtype, amsgrad: bool, mp: str | None) -> str:
     """The perf/floors.py row a specialization must meet."""
     if dtype not in (torch.float16, torch.bfloat16):
         return _TRITON_TYPE[dtype] + " amsgrad" * amsgrad
-    kind = "half master" if _mode_words(mp)["master"] else "half"
+    words = _mode_words(mp)
+    kind = ("half remainder" if words["master_remainder"]
+            else "half master" if words["master"] else "half")
     return kind + (" fp32-grad" if grad == torch.float32 else "") + " amsgrad" * amsgrad
 
 
@@ -148,7 +162,8 @@ def adam_specializations() -> list[Specialization]:
             "exp_avg_ptr": f"*{c_ty}", "exp_avg_sq_ptr": f"*{c_ty}",
             "max_exp_avg_sq_ptr": f"*{c_ty}", "hyper_ptr": f"*{c_ty}",
             "pows_in_ptr": f"*{c_ty}", "pows_out_ptr": f"*{c_ty}",
-            "clip_scale_ptr": f"*{c_ty}", "master_ptr": "*fp32", "grad_scale_ptr": "*fp32",
+            "clip_scale_ptr": f"*{c_ty}", "master_ptr": _master_type(mp),
+            "grad_scale_ptr": "*fp32",
             "found_inf_ptr": "*fp32", "lr": "fp64", "lr_ptr": "*fp64", "n_elements": n_type,
             **{k: "constexpr" for k in constexprs},
         }
@@ -202,7 +217,8 @@ def tensor_list_specializations() -> list[Specialization]:
             "tensor_table_ptr": "*i64", "chunk_table_ptr": "*i32", "exp_avg_ptr": f"*{c_ty}",
             "exp_avg_sq_ptr": f"*{c_ty}", "max_exp_avg_sq_ptr": f"*{c_ty}",
             "hyper_ptr": f"*{c_ty}", "pows_in_ptr": f"*{c_ty}", "pows_out_ptr": f"*{c_ty}",
-            "clip_scales_ptr": f"*{c_ty}", "master_ptr": "*fp32", "grad_scale_ptr": "*fp32",
+            "clip_scales_ptr": f"*{c_ty}", "master_ptr": _master_type(mp),
+            "grad_scale_ptr": "*fp32",
             "found_inf_ptr": "*fp32", "lr": "fp64", "lr_ptr": "*fp64", "n_tensors": "i32", "n_chunks": "i32",
             **{k: "constexpr" for k in constexprs},
         }

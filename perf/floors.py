@@ -40,6 +40,11 @@ FLOORS: dict[str, Floor] = {
     "half master amsgrad": Floor(read=18, write=18, grad_bytes=2),
     "half master fp32-grad": Floor(read=16, write=14, grad_bytes=4),
     "half": Floor(read=12, write=10, grad_bytes=2),
+    # bf16 params with the master as a remainder (master_weight_format="remainder"): g, p and
+    # the int16 remainder 2 each, m, v 8 read (14); p, remainder 2 each, m, v 8 written (12):
+    # 26 B, 2 less than "half master" (the fp32 master's 4 + 4 become p 2 + rem 2 + 2 + 2).
+    "half remainder": Floor(read=14, write=12, grad_bytes=2),
+    "half remainder amsgrad": Floor(read=18, write=16, grad_bytes=2),
     # The global-norm pass of clipping: one read of the gradient (its partial sums are per
     # program). A clipped step moves the update's floor plus this.
     "norm fp32": Floor(read=4, write=0, grad_bytes=4),

@@ -35,10 +35,11 @@ def audit(tmp_path_factory):
 def test_audit_covers_every_specialization_and_plots(audit):
     result, report, out = audit
     rows = report["rows"]
-    # dense update: 32 + 4 clipped + 10 fp16/bf16 + 4 capturable + 4 PyTorch face;
-    # multi-tensor: 18 (16 + 2 scalar-only) + 2 mixed-alignment + 4 clipped + 10 fp16/bf16 +
-    # 4 capturable + 4 PyTorch face; 4 norm passes; x sm_80, sm_90
-    assert len(rows) == 2 * (54 + 42 + 4), len(rows)
+    # dense update: 32 + 4 clipped + 10 fp16/bf16 + 3 bf16 remainder + 4 capturable + 4
+    # PyTorch face; multi-tensor: 18 (16 + 2 scalar-only) + 2 mixed-alignment + 4 clipped +
+    # 10 fp16/bf16 + 3 bf16 remainder + 4 capturable + 4 PyTorch face; 4 norm passes; x sm_80,
+    # sm_90
+    assert len(rows) == 2 * (57 + 45 + 4), len(rows)
     assert {r["target"] for r in rows} == {"sm_80", "sm_90"}
     assert (out / "bytes.png").stat().st_size > 10_000
     # exit status 1 exactly when some row fails, and the failures are printed
@@ -75,6 +76,13 @@ def _rows():
             for rest in ("master", "master amsgrad coupled-decay decoupled-decay clip",
                          "grad:fp32 master", "master amp", "no-master"):
                 mode = f"{kernel} {half} {rest}{suffix}"
+                yield pytest.param(target, mode, id=f"{target}-{mode}")
+    # bf16 params with the master as a remainder (26 B with bf16 grads).
+    for target in ("sm_80", "sm_90"):
+        for kernel, suffix in (("adam", " n:i32"), ("tensor-list", "")):
+            for rest in ("master remainder", "master remainder amp",
+                         "master remainder amsgrad coupled-decay decoupled-decay clip"):
+                mode = f"{kernel} bf16 {rest}{suffix}"
                 yield pytest.param(target, mode, id=f"{target}-{mode}")
 
 
@@ -127,6 +135,18 @@ def test_bf16_master_update_moves_28_bytes(audit, target, kernel):
     row = {(r["target"], r["mode"]): r for r in audit[1]["rows"]}[
         (target, f"{kernel} bf16 master{suffix}")]
     assert row["load_bytes_per_element"] + row["store_bytes_per_element"] == 28, row
+
+
+@pytest.mark.parametrize("target", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("kernel", ["adam", "tensor-list"])
+def test_bf16_master_remainder_update_moves_26_bytes(audit, target, kernel):
+    """Master weights as remainders: bf16 params and grads, int16 remainder, fp32 m, v:
+    g, p, rem, m, v read (14), p, rem, m, v written (12), 2 B less than the fp32 master."""
+    suffix = " n:i32" if kernel == "adam" else ""
+    row = {(r["target"], r["mode"]): r for r in audit[1]["rows"]}[
+        (target, f"{kernel} bf16 master remainder{suffix}")]
+    assert row["floor_load"] == 14 and row["floor_store"] == 12, row
+    assert row["load_bytes_per_element"] + row["store_bytes_per_element"] == 26, row
 
 
 @pytest.mark.parametrize("target", ["sm_80", "sm_90"])

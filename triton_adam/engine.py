@@ -21,6 +21,15 @@ It owns everything else: the parameters' slots in buckets by (device, dtypes)
 their staleness checks, the norm outputs of clipping (``triton_adam.clip_plan``), the launch
 sequence of a step (norm pass, finalize, update), master weights and DTensor local shards.
 
+Master weights come in two formats (``master_format``), the same numbers either way: float32
+copies (``"fp32"``), or for bf16 parameters the parameter itself plus an int16 remainder per
+element (``"remainder"``, ``kernels/common.py``: 2 B less state and 2 B less traffic per
+parameter and step, the masters, moments and pows bit-identical to ``"fp32"``; the parameter is
+the master rounded to nearest with ties away from zero, where ``"fp32"`` rounds ties to even).
+Front ends see float32 masters in both: ``state(i)["master"]`` rebuilds them (a new tensor in
+the remainder format, not a live view) and ``load_state`` splits loaded ones (writing the
+parameter, the master's high half).
+
 A step, as data::
 
     grads (param.grad, or given)     -> every bucket validates its members (no device work)
@@ -46,7 +55,11 @@ from triton_adam.clip_plan import DeviceClipper
 from triton_adam.kernels import adam as K
 from triton_adam.kernels import norm as N
 
-__all__ = ["ACCUMULATORS", "Engine", "NormClip", "ParamConfig", "ValueClip", "zero_in_place"]
+__all__ = ["ACCUMULATORS", "MASTER_FORMATS", "Engine", "NormClip", "ParamConfig", "ValueClip",
+           "zero_in_place"]
+
+# How master weights are kept (see the module docstring).
+MASTER_FORMATS = ("fp32", "remainder")
 
 # The engine's names of a parameter's state: the moments (``max_exp_avg_sq`` with amsgrad),
 # fp32 master weights (fp16/bf16 parameters with master weights), and the bias-correction
@@ -130,6 +143,9 @@ class Engine:
         configure: ``configure(index) -> ParamConfig`` for ``params[index]``.
         amsgrad: keep ``max_exp_avg_sq`` and use it in the denominator.
         master_weights: fp32 master weights for fp16/bf16 parameters.
+        master_format: how they are kept (``MASTER_FORMATS``): ``"fp32"`` float32 copies;
+            ``"remainder"`` (bf16 parameters only; fp16 ones are refused) the parameter plus
+            an int16 remainder, the same master bits (see the module docstring).
         multi_tensor: one launch per bucket instead of one per tensor (same results).
         label_of: ``label_of(index)`` names a parameter in errors raised before any
             configuration exists (default: ``params[index]``).
@@ -151,7 +167,11 @@ class Engine:
                  master_weights: bool = False, multi_tensor: bool = False,
                  label_of: Callable[[int], str] | None = None,
                  capturable: bool = False, lr_slots: int = 1, device_lr: bool = False,
-                 bias_from_step: bool = False) -> None:
+                 bias_from_step: bool = False, master_format: str = "fp32") -> None:
+        if not isinstance(master_format, str) or master_format not in MASTER_FORMATS:
+            raise ValueError(f"master_format must be one of {MASTER_FORMATS}, got "
+                             f"{master_format!r}")
+        self.master_format = master_format
         self.params = list(params)
         self._configure = configure
         self._label_of = label_of or (lambda i: f"params[{i}]")
@@ -199,6 +219,14 @@ class Engine:
             if not D.local_tensor(p).is_contiguous():
                 raise ValueError(f"{self._label_of(i)} is not contiguous: the kernels update a "
                                  "parameter in place over its storage")
+            if (self.master_weights and self.master_format == "remainder"
+                    and p.dtype == torch.float16):
+                # bf16 shares fp32's exponent, so (bf16, low 16 bits) is any fp32 value; an
+                # fp16 value has 5 exponent bits and cannot be the high half of every master.
+                raise TypeError(f"{self._label_of(i)} is float16: master weights as remainders "
+                                "are for bfloat16 parameters (an fp16 value and 16 more bits "
+                                "cannot hold every float32 master); use master_weight_format="
+                                "'fp32' or bfloat16 parameters")
         self._check_no_shared_memory()
 
     def add_params(self, params: Sequence[torch.Tensor], lr_slots: int | None = None) -> None:
@@ -384,7 +412,8 @@ class Engine:
                           amsgrad=self.amsgrad, multi_tensor=self.multi_tensor,
                           grad_dtype=grad_dtype_of(first),
                           multi_precision=self.master_weights, capturable=self.capturable,
-                          bias_from_step=self.bias_from_step)
+                          bias_from_step=self.bias_from_step,
+                          master_remainder=self.master_format == "remainder")
 
         for bucket in group_into_buckets([self.params[i] for i in indices], make):
             for j, p in enumerate(bucket.params):
@@ -651,19 +680,27 @@ class Engine:
         Moments and master weights are live views, shaped like the parameter (its local shard
         for a DTensor); the pows are ``[1]`` views of the slot the next step reads, which
         alternates between steps: copy them to keep them. Writing into the views (a load)
-        changes the state.
+        changes the state. Exception: with ``master_format="remainder"`` the master of a bf16
+        parameter is a new float32 tensor rebuilt from the parameter and its remainder (the
+        value now; later steps do not change it, writing into it changes nothing: load it).
         """
         if not self.has_state(index):
             return {}
         return self._views(index)
 
-    def _views(self, index: int) -> dict[str, torch.Tensor]:
+    def _views(self, index: int, rebuild_master: bool = True) -> dict[str, torch.Tensor]:
+        """The state of ``params[index]`` by name (see ``state``); without
+        ``rebuild_master`` a remainder-format master is left out (not rebuilt)."""
         bucket, j = self._where[index]
         out = {}
         for name in self.accumulators(index):
+            if name == "master" and bucket.master_remainder and not rebuild_master:
+                continue
             if name in _POW_OF:
                 which = _POW_OF[name]
                 out[name] = bucket.pows[bucket.current_slot(j), j, which:which + 1]
+            elif name == "master":
+                out[name] = bucket.master_of(j)
             else:
                 out[name] = bucket.state_view(getattr(bucket, _BUFFER_OF[name]), j)
         return out
@@ -673,18 +710,30 @@ class Engine:
         created (the next step continues from it), creating their slots first. The caller
         has checked names, shapes and dtypes (``state_dtype``, the parameter's local shape);
         a value that overlaps this engine's own state is read before anything is written.
-        Loaded master weights win over the parameters' current values."""
+        Loaded master weights win over the parameters' current values; a remainder-format
+        master is split, and the parameter written (it is the master's high half)."""
         self.ensure_state(values)
         copies = []
+        masters = []  # (bucket, member, float32 master) of remainder buckets
         for index, accs in values.items():
-            views = self._views(index)
+            names = self.accumulators(index)
+            views = self._views(index, rebuild_master=False)
+            bucket, j = self._where[index]
             for name, value in accs.items():
-                if name not in views:
+                if name not in names:
                     raise KeyError(f"{self.params_label(index)} has no accumulator {name!r}")
-                copies.append((views[name], value))
+                if name == "master" and bucket.master_remainder:
+                    masters.append((bucket, j, value))
+                else:
+                    copies.append((views[name], value))
         with torch.no_grad():
+            # The masters are split (read) before any copy writes the state they may overlap.
+            splits = [(bucket, j, value.detach().to(torch.float32).clone())
+                      for bucket, j, value in masters]
             for dst, src in self._unalias(copies):
                 dst.copy_(src)
+            for bucket, j, value in splits:
+                bucket.load_master(j, value)
         for index in values:
             bucket, j = self._where[index]
             bucket.created[j] = True  # the first step must not re-initialize what was loaded
@@ -702,7 +751,7 @@ class Engine:
         copy first, or dropped when it is its own destination."""
         spans = [_span(b) for bucket in self._buckets
                  for b in (bucket.moment1, bucket.moment2, bucket.moment2_max, bucket.master,
-                           bucket.pows) if b is not None]
+                           bucket.remainder, bucket.pows) if b is not None]
         out = []
         for dst, src in copies:
             device, lo, hi = _span(src)
