@@ -33,6 +33,12 @@ Design notes, for the issues that build on this kernel:
   out (28 B); with ``MASTER_REMAINDER`` the master is the bf16 param plus an int16 remainder
   (``kernels/common.py``: ``join_master`` / ``split_master``), read and written as the pair:
   g 2 + p 2 + rem 2 + m, v 8 in, p 2 + rem 2 + m, v 8 out (26 B), the same master bits.
+* bf16 moments (the moment buffers' dtype is bf16; the compute dtype, float32, is the hyper
+  table's) are computed in fp32 and stored rounded stochastically, and ``STOCHASTIC_ROUNDING``
+  writes a bf16 param (no master) the same way (``kernels/common.py``: ``philox_bits``,
+  ``round_stochastic_bf16``). The random bits are keyed by the launch's ``rng_seed``, the
+  tensor's step count (its pow slot's ``POW_STEP``, read on the device) and the element's
+  offset within its tensor: the dense and the multi-tensor kernels draw the same bits.
 * Boundaries: this module holds the dense and multi-tensor kernels and their launchers. The
   math, the gradient transform and the pow advance are ``kernels/update.py``'s (shared with
   the sparse-row kernel), the table layouts, dtype maps and IEEE helpers
@@ -102,6 +108,8 @@ from .common import (  # the layout and configuration are re-exported: the engin
     device_guard,
     grad_dtype_allowed,
     join_master,
+    philox_bits,
+    round_stochastic_bf16,
     round_to,
     split_master,
 )
@@ -117,7 +125,7 @@ from .update import (
 
 __all__ = [
     "adam_update_", "adam_update_tensor_list_", "kernel_constexprs", "tensor_list_constexprs",
-    "compute_dtype_for", "grad_dtype_allowed", "POW_BLOCK",
+    "compute_dtype_for", "grad_dtype_allowed", "POW_BLOCK", "SEED_LIMIT",
     # Re-exported from kernels/common.py (the launch configuration and table layouts):
     "BLOCK_SIZE", "NUM_WARPS", "CHUNK_SIZE", "FP_FUSION", "LOW_PRECISION", "HYPER_LR_SCALE",
     "HYPER_BETA1", "HYPER_BETA2", "HYPER_EPS", "HYPER_L2", "HYPER_L1", "HYPER_WD",
@@ -159,6 +167,8 @@ def _adam_block(
     clip_hi,
     inv_grad_scale,
     sign,
+    rng_seed,
+    rng_step,
     AMSGRAD: tl.constexpr,
     COUPLED_DECAY: tl.constexpr,
     DECOUPLED_DECAY: tl.constexpr,
@@ -168,14 +178,22 @@ def _adam_block(
     MASTER_REMAINDER: tl.constexpr,
     UNSCALE: tl.constexpr,
     MAXIMIZE: tl.constexpr,
+    STOCHASTIC_ROUNDING: tl.constexpr,
+    compute_dtype: tl.constexpr,
 ):
     """Loads, updates and stores one block; ``mask`` is None on full blocks (vector access).
 
     Gradient clipping happens here, as the gradient is read (Paddle clips before it adds the
     regularizer): ``g * g_scale`` (a global or per-tensor norm clip, computed on the device)
     and the clamp to ``[clip_lo, clip_hi]`` (``ClipGradByValue``; NaN stays NaN).
+
+    bf16 moment buffers are widened to ``compute_dtype`` as they are read and rounded
+    stochastically as they are written; ``STOCHASTIC_ROUNDING`` writes the (bf16) param so.
+    The random bits (``rng_seed``, ``rng_step``, the offsets) are drawn only when used.
     """
-    compute_dtype = exp_avg_ptr.dtype.element_ty
+    MOMENTS_BF16: tl.constexpr = exp_avg_ptr.dtype.element_ty == tl.bfloat16
+    if MOMENTS_BF16 or STOCHASTIC_ROUNDING:
+        r_param, r_m, r_v, r_vmax = philox_bits(rng_seed, rng_step, offs)
     if MASTER_REMAINDER:
         # The fp32 master as a bf16 param and its int16 remainder (kernels/common.py): the
         # same fp32 value as MASTER reads, from 4 bytes instead of 4 + the param written.
@@ -191,24 +209,36 @@ def _adam_block(
     # AMP unscale, then the norm clip's scale, then the value clip (kernels/update.py).
     g = prepare_grad(g, inv_grad_scale, g_scale, clip_lo, clip_hi, sign, UNSCALE, CLIP_SCALE,
                      CLIP_VALUE, MAXIMIZE)
-    m = tl.load(exp_avg_ptr + offs, mask=mask)
-    v = tl.load(exp_avg_sq_ptr + offs, mask=mask)
+    m = tl.load(exp_avg_ptr + offs, mask=mask).to(compute_dtype)
+    v = tl.load(exp_avg_sq_ptr + offs, mask=mask).to(compute_dtype)
     if AMSGRAD:
-        vmax = tl.load(max_exp_avg_sq_ptr + offs, mask=mask)
+        vmax = tl.load(max_exp_avg_sq_ptr + offs, mask=mask).to(compute_dtype)
     else:
         vmax = v  # unused
     p, m, v, vmax = adam_math(p, g, m, v, vmax, lr_t, step_size, inv_sqrt_bc2, beta1, beta2,
                               eps, l2, l1, wd, AMSGRAD, COUPLED_DECAY, DECOUPLED_DECAY)
-    if AMSGRAD:
-        tl.store(max_exp_avg_sq_ptr + offs, vmax, mask=mask)
-    tl.store(exp_avg_ptr + offs, m, mask=mask)
-    tl.store(exp_avg_sq_ptr + offs, v, mask=mask)
+    if MOMENTS_BF16:
+        # Unbiased rounding: round-to-nearest would stall a moment whose per-step change is
+        # below half a bf16 ulp (v with beta2 = 0.999 moves by 0.1% a step).
+        if AMSGRAD:
+            tl.store(max_exp_avg_sq_ptr + offs, round_stochastic_bf16(vmax, r_vmax), mask=mask)
+        tl.store(exp_avg_ptr + offs, round_stochastic_bf16(m, r_m), mask=mask)
+        tl.store(exp_avg_sq_ptr + offs, round_stochastic_bf16(v, r_v), mask=mask)
+    else:
+        if AMSGRAD:
+            tl.store(max_exp_avg_sq_ptr + offs, vmax, mask=mask)
+        tl.store(exp_avg_ptr + offs, m, mask=mask)
+        tl.store(exp_avg_sq_ptr + offs, v, mask=mask)
     if MASTER_REMAINDER:
         # The param rounded to nearest with ties away from zero (not to even: see
         # kernels/common.py), and the remainder that rebuilds the master exactly.
         p_out, rem = split_master(p)
         tl.store(master_ptr + offs, rem, mask=mask)
         tl.store(param_ptr + offs, p_out, mask=mask)
+    elif STOCHASTIC_ROUNDING:
+        # A bf16 param without master weights: unbiased rounding, so updates below half an
+        # ulp still move it in expectation (round-to-nearest drops them every step).
+        tl.store(param_ptr + offs, round_stochastic_bf16(p, r_param), mask=mask)
     else:
         if MASTER:
             tl.store(master_ptr + offs, p, mask=mask)
@@ -219,10 +249,10 @@ def _adam_block(
 def _adam_kernel(
     param_ptr,  # *P: params, updated in place
     grad_ptr,  # *G: gradients (read only)
-    exp_avg_ptr,  # *C: moment1, updated in place; its dtype is the compute dtype C
-    exp_avg_sq_ptr,  # *C: moment2, updated in place
-    max_exp_avg_sq_ptr,  # *C: moment2_max, updated in place (AMSGRAD only, else any pointer)
-    hyper_ptr,  # *C: the tensor's hyper-parameter row (HYPER_* columns)
+    exp_avg_ptr,  # *M: moment1, updated in place: M is C, or bf16 (stochastically rounded)
+    exp_avg_sq_ptr,  # *M: moment2, updated in place
+    max_exp_avg_sq_ptr,  # *M: moment2_max, updated in place (AMSGRAD only, else any pointer)
+    hyper_ptr,  # *C: the tensor's hyper-parameter row (HYPER_* columns); its dtype is C
     pows_in_ptr,  # *C: (beta1_pow, beta2_pow) used by this step
     pows_out_ptr,  # *C: receives the advanced pows; never the same memory as pows_in_ptr
     clip_scale_ptr,  # *S: the scale that multiplies the gradient (CLIP_SCALE only)
@@ -233,6 +263,7 @@ def _adam_kernel(
     lr: tl.float64,  # the step's learning rate, exact in float64 (per step: never constexpr)
     lr_ptr,  # *f64: the learning rate in device memory (LR_ON_DEVICE only, else any pointer)
     n_elements,  # number of elements of the range
+    rng_seed,  # int in [0, 2^63): the Philox key of stochastic rounding (fixed per optimizer)
     BLOCK: tl.constexpr,  # elements per program
     AMSGRAD: tl.constexpr,  # keep and use moment2_max
     COUPLED_DECAY: tl.constexpr,  # add l2 * p + l1 * sign(p) to the gradient
@@ -246,9 +277,12 @@ def _adam_kernel(
     LR_ON_DEVICE: tl.constexpr,  # read the learning rate at lr_ptr (capturable steps)
     MAXIMIZE: tl.constexpr,  # multiply the gradient by the hyper row's sign (maximize)
     BIAS_FROM_STEP: tl.constexpr,  # bias corrections from the step count (torch), not the pows
+    STOCHASTIC_ROUNDING: tl.constexpr,  # write the bf16 param rounded stochastically
 ):
-    compute_dtype = exp_avg_ptr.dtype.element_ty
+    compute_dtype = hyper_ptr.dtype.element_ty
     pid = tl.program_id(0).to(tl.int64)  # int64: ranges beyond 2^31 elements exist
+    # The random stream's step: the steps this tensor has applied, from the device.
+    rng_step = tl.load(pows_in_ptr + POW_STEP_C).to(tl.int32)
     block_start = pid * BLOCK
     offs = block_start + tl.arange(0, BLOCK)
     lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd = step_scalars(
@@ -268,16 +302,17 @@ def _adam_kernel(
         # Full block: unmasked, so the compiler keeps 16-byte vector loads and stores.
         _adam_block(param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, max_exp_avg_sq_ptr,
                     master_ptr, offs, None, lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps,
-                    l2, l1, wd, g_scale, clip_lo, clip_hi, inv_grad_scale, sign, AMSGRAD,
-                    COUPLED_DECAY, DECOUPLED_DECAY, CLIP_SCALE, CLIP_VALUE, MASTER,
-                    MASTER_REMAINDER,
-                    UNSCALE, MAXIMIZE)
+                    l2, l1, wd, g_scale, clip_lo, clip_hi, inv_grad_scale, sign, rng_seed,
+                    rng_step, AMSGRAD, COUPLED_DECAY, DECOUPLED_DECAY, CLIP_SCALE, CLIP_VALUE,
+                    MASTER, MASTER_REMAINDER, UNSCALE, MAXIMIZE, STOCHASTIC_ROUNDING,
+                    compute_dtype)
     else:
         _adam_block(param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, max_exp_avg_sq_ptr,
                     master_ptr, offs, offs < n_elements, lr_t, step_size, inv_sqrt_bc2, beta1,
                     beta2, eps, l2, l1, wd, g_scale, clip_lo, clip_hi, inv_grad_scale, sign,
-                    AMSGRAD, COUPLED_DECAY, DECOUPLED_DECAY, CLIP_SCALE, CLIP_VALUE, MASTER,
-                    MASTER_REMAINDER, UNSCALE, MAXIMIZE)
+                    rng_seed, rng_step, AMSGRAD, COUPLED_DECAY, DECOUPLED_DECAY, CLIP_SCALE,
+                    CLIP_VALUE, MASTER, MASTER_REMAINDER, UNSCALE, MAXIMIZE,
+                    STOCHASTIC_ROUNDING, compute_dtype)
 
     if pid == 0:
         # Re-read (from cache) rather than keep the pows and betas live across the block body
@@ -290,10 +325,10 @@ def _adam_kernel(
 def _adam_tensor_list_kernel(
     tensor_table_ptr,  # *i64 [n_tensors, TABLE_WIDTH]: addresses, numel, state offset, active
     chunk_table_ptr,  # *i32 [n_chunks, 2]: (tensor index, chunk index within the tensor)
-    exp_avg_ptr,  # *C: the bucket's flat moment1 buffer; its dtype is the compute dtype C
-    exp_avg_sq_ptr,  # *C: the bucket's flat moment2 buffer
-    max_exp_avg_sq_ptr,  # *C: the bucket's flat moment2_max buffer (AMSGRAD only)
-    hyper_ptr,  # *C [n_tensors, HYPER_WIDTH]: per-tensor hyper-parameter rows
+    exp_avg_ptr,  # *M: the bucket's flat moment1 buffer: M is C, or bf16 (rounded stochastically)
+    exp_avg_sq_ptr,  # *M: the bucket's flat moment2 buffer
+    max_exp_avg_sq_ptr,  # *M: the bucket's flat moment2_max buffer (AMSGRAD only)
+    hyper_ptr,  # *C [n_tensors, HYPER_WIDTH]: per-tensor hyper-parameter rows; dtype C
     pows_in_ptr,  # *C [n_tensors, POW_SLOT_WIDTH]: the pows this step uses
     pows_out_ptr,  # *C [n_tensors, POW_SLOT_WIDTH]: receives the pows of the next step
     clip_scales_ptr,  # *S: clip scales, indexed by the tensor table's COL_CLIP_INDEX
@@ -305,6 +340,7 @@ def _adam_tensor_list_kernel(
     lr_ptr,  # *f64: the learning rate in device memory (LR_ON_DEVICE only, else any pointer)
     n_tensors,  # rows of the tensor table (every tensor of the bucket, active or not)
     n_chunks,  # rows of the chunk table: programs [0, n_chunks) update elements, the rest pows
+    rng_seed,  # int in [0, 2^63): the Philox key of stochastic rounding (as _adam_kernel)
     PARAM_DTYPE: tl.constexpr,  # element type behind the param addresses
     GRAD_DTYPE: tl.constexpr,  # element type behind the grad addresses
     ALIGNED: tl.constexpr,  # 16-byte access for rows whose param and grad addresses allow it
@@ -322,8 +358,9 @@ def _adam_tensor_list_kernel(
     LR_ON_DEVICE: tl.constexpr,  # read the learning rate at lr_ptr (capturable steps)
     MAXIMIZE: tl.constexpr,  # multiply the gradient by the hyper row's sign (maximize)
     BIAS_FROM_STEP: tl.constexpr,  # bias corrections from the step count (torch), not the pows
+    STOCHASTIC_ROUNDING: tl.constexpr,  # write the bf16 params rounded stochastically
 ):
-    compute_dtype = exp_avg_ptr.dtype.element_ty
+    compute_dtype = hyper_ptr.dtype.element_ty
     pid = tl.program_id(0).to(tl.int64)  # int64: chunk-table offsets beyond 2^31 exist
     inv_grad_scale, skip = amp_scalars(grad_scale_ptr, found_inf_ptr, compute_dtype, UNSCALE,
                                         SKIP_ON_INF)
@@ -378,8 +415,10 @@ def _adam_tensor_list_kernel(
             clip_scales_ptr + tl.load(row + COL_CLIP_INDEX_C), hyper_ptr + t * HYPER_WIDTH_C,
             compute_dtype, CLIP_SCALE, CLIP_VALUE)
         sign = grad_sign(hyper_ptr + t * HYPER_WIDTH_C, compute_dtype, MAXIMIZE)
+        # The random stream's step: this tensor's step count (as _adam_kernel reads it).
+        rng_step = tl.load(pows_in_ptr + t * POW_SLOT_WIDTH_C + POW_STEP_C).to(tl.int32)
 
-        block_start = chunk * BLOCK  # int64
+        block_start = chunk * BLOCK  # int64 offsets within the tensor: the random counter
         offs = block_start + tl.arange(0, BLOCK)
         m_ptr = exp_avg_ptr + state_offset
         v_ptr = exp_avg_sq_ptr + state_offset
@@ -399,22 +438,25 @@ def _adam_tensor_list_kernel(
                 grad_ptr = tl.multiple_of(grad_ptr, 16)
             _adam_block(param_ptr, grad_ptr, m_ptr, v_ptr, vmax_ptr, w_ptr, offs, None, lr_t,
                         step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd, g_scale,
-                        clip_lo, clip_hi, inv_grad_scale, sign, AMSGRAD, COUPLED_DECAY,
-                        DECOUPLED_DECAY, CLIP_SCALE, CLIP_VALUE, MASTER, MASTER_REMAINDER,
-                        UNSCALE, MAXIMIZE)
+                        clip_lo, clip_hi, inv_grad_scale, sign, rng_seed, rng_step, AMSGRAD,
+                        COUPLED_DECAY, DECOUPLED_DECAY, CLIP_SCALE, CLIP_VALUE, MASTER,
+                        MASTER_REMAINDER, UNSCALE, MAXIMIZE, STOCHASTIC_ROUNDING,
+                        compute_dtype)
         else:
             _adam_block(param_ptr, grad_ptr, m_ptr, v_ptr, vmax_ptr, w_ptr, offs,
                         offs < n_elements, lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps,
-                        l2, l1, wd, g_scale, clip_lo, clip_hi, inv_grad_scale, sign, AMSGRAD,
-                        COUPLED_DECAY, DECOUPLED_DECAY, CLIP_SCALE, CLIP_VALUE, MASTER,
-                        MASTER_REMAINDER, UNSCALE, MAXIMIZE)
+                        l2, l1, wd, g_scale, clip_lo, clip_hi, inv_grad_scale, sign, rng_seed,
+                        rng_step, AMSGRAD, COUPLED_DECAY, DECOUPLED_DECAY, CLIP_SCALE,
+                        CLIP_VALUE, MASTER, MASTER_REMAINDER, UNSCALE, MAXIMIZE,
+                        STOCHASTIC_ROUNDING, compute_dtype)
 
 
 def kernel_constexprs(*, amsgrad: bool, coupled_decay: bool, decoupled_decay: bool,
                       clip_scale: bool = False, clip_value: bool = False, master: bool = False,
                       unscale: bool = False, skip_on_inf: bool = False,
                       lr_on_device: bool = False, maximize: bool = False,
-                      bias_from_step: bool = False, master_remainder: bool = False) -> dict:
+                      bias_from_step: bool = False, master_remainder: bool = False,
+                      stochastic_rounding: bool = False) -> dict:
     """The constexpr arguments of one specialization (shared with the compile check)."""
     return dict(
         BLOCK=BLOCK_SIZE,
@@ -430,6 +472,7 @@ def kernel_constexprs(*, amsgrad: bool, coupled_decay: bool, decoupled_decay: bo
         LR_ON_DEVICE=bool(lr_on_device),
         MAXIMIZE=bool(maximize),
         BIAS_FROM_STEP=bool(bias_from_step),
+        STOCHASTIC_ROUNDING=bool(stochastic_rounding),
     )
 
 
@@ -452,6 +495,28 @@ def _master_fits(param_dtype: torch.dtype, master_dtype: torch.dtype) -> bool:
 def _remainder(master: torch.Tensor | None) -> bool:
     """Whether ``master`` holds remainders (int16) rather than fp32 master weights."""
     return master is not None and master.dtype == torch.int16
+
+
+_MOMENT_NAMES = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+SEED_LIMIT = 2 ** 63  # seeds are ints in [0, SEED_LIMIT): Philox's 64-bit key, signed-safe
+
+
+def _check_moment_dtype(moment_dtype: torch.dtype, cdtype: torch.dtype) -> None:
+    """Moments are in the compute dtype, or bf16 (stochastically rounded) for fp32 compute."""
+    _check(moment_dtype == cdtype or (moment_dtype == torch.bfloat16
+                                      and cdtype == torch.float32), lambda:
+           f"moment dtype {moment_dtype} is neither the compute dtype {cdtype} nor bfloat16 "
+           "(bf16 moments need float32 compute: float32, bfloat16 or float16 params)")
+
+
+def _check_rounding(stochastic_rounding: bool, param_dtype: torch.dtype,
+                    master: torch.Tensor | None, seed: object) -> None:
+    """Stochastic rounding writes bf16 params without masters; seeds are in range."""
+    _check(not stochastic_rounding or (param_dtype == torch.bfloat16 and master is None),
+           lambda: "stochastic_rounding writes bfloat16 params without master weights, got "
+           f"{param_dtype} params{' with master weights' if master is not None else ''}")
+    _check(isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < SEED_LIMIT,
+           lambda: f"seed must be an int in [0, 2**63), got {seed!r}")
 
 
 def _check_grad_dtype(param_dtype: torch.dtype, grad_dtype: torch.dtype) -> None:
@@ -486,6 +551,8 @@ def adam_update_(
     found_inf: torch.Tensor | None = None,
     maximize: bool = False,
     bias_from_step: bool = False,
+    stochastic_rounding: bool = False,
+    seed: int = 0,
 ) -> None:
     """Apply one Adam step to ``param`` in place, with one kernel launch.
 
@@ -495,8 +562,10 @@ def adam_update_(
         grad: contiguous gradient of the same shape and device; the param's dtype, or float32
             for fp16/bf16 params.
         exp_avg, exp_avg_sq: moments, contiguous, same numel, in the compute dtype
-            (``compute_dtype_for(param.dtype)``); updated in place.
-        max_exp_avg_sq: moment2_max for AMSGrad (updated in place), or None.
+            (``compute_dtype_for(param.dtype)``), or all in bfloat16 where that is float32
+            (computed in float32, stored rounded stochastically); updated in place.
+        max_exp_avg_sq: moment2_max for AMSGrad (updated in place, the moments' dtype), or
+            None.
         hyper: ``HYPER_WIDTH`` values in the compute dtype (the ``HYPER_*`` columns).
         pows_in: at least 2 values ``(beta1_pow, beta2_pow)`` of this step, compute dtype.
         pows_out: receives the advanced pows; must not overlap ``pows_in``.
@@ -520,6 +589,10 @@ def adam_update_(
         bias_from_step: bias corrections ``1 - beta ** t`` from the current betas and the
             step number ``t = pows_in[POW_STEP] + 1`` (torch's), instead of the stored pows
             (Paddle's); the pows still advance.
+        stochastic_rounding: write a bfloat16 param (no master) rounded stochastically.
+        seed: the Philox key of stochastic rounding (bf16 moments, ``stochastic_rounding``),
+            an int in ``[0, 2^63)``; with the tensor's step count and each element's offset
+            it decides the random bits (``kernels/common.py``).
     """
     check_interpretable(param.device)  # first: the checks below read device tensors' metadata
     cdtype = compute_dtype_for(param.dtype)
@@ -542,8 +615,13 @@ def adam_update_(
     for name, t in [("param", param), ("grad", grad)] + states:
         _check(t.device == param.device, lambda: f"{name} is on {t.device}, param on {param.device}")
         _check(t.is_contiguous(), lambda: f"{name} is not contiguous")
+    moment_dtype = exp_avg.dtype
+    _check_moment_dtype(moment_dtype, cdtype)
+    _check_rounding(stochastic_rounding, param.dtype, master, seed)
     for name, t in states:
-        _check(t.dtype == cdtype, lambda: f"{name} dtype {t.dtype} != compute dtype {cdtype}")
+        expected = moment_dtype if name in _MOMENT_NAMES else cdtype
+        _check(t.dtype == expected, lambda: f"{name} dtype {t.dtype} != {expected} (the "
+               f"{'moment' if name in _MOMENT_NAMES else 'compute'} dtype)")
     for name, t in [("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq),
                     ("max_exp_avg_sq", max_exp_avg_sq)]:
         if t is not None:
@@ -571,7 +649,7 @@ def adam_update_(
             master if master is not None else exp_avg,
             grad_scale if grad_scale is not None else hyper,
             found_inf if found_inf is not None else hyper,
-            lr, lr_ptr if lr_ptr is not None else hyper, n,
+            lr, lr_ptr if lr_ptr is not None else hyper, n, seed,
             **kernel_constexprs(amsgrad=max_exp_avg_sq is not None, coupled_decay=coupled_decay,
                                 decoupled_decay=decoupled_decay,
                                 clip_scale=clip_scale is not None, clip_value=clip_value,
@@ -579,7 +657,8 @@ def adam_update_(
                                 master_remainder=_remainder(master),
                                 skip_on_inf=found_inf is not None,
                                 lr_on_device=lr_ptr is not None, maximize=maximize,
-                                bias_from_step=bias_from_step),
+                                bias_from_step=bias_from_step,
+                                stochastic_rounding=stochastic_rounding),
             num_warps=NUM_WARPS,
             enable_fp_fusion=FP_FUSION,
         )
@@ -608,6 +687,8 @@ def adam_update_tensor_list_(
     found_inf: torch.Tensor | None = None,
     maximize: bool = False,
     bias_from_step: bool = False,
+    stochastic_rounding: bool = False,
+    seed: int = 0,
 ) -> None:
     """Apply one Adam step to every active tensor of a bucket, with one kernel launch.
 
@@ -621,7 +702,8 @@ def adam_update_tensor_list_(
             tensor of the bucket whether or not it is updated this step.
         chunk_table: int32 ``[n_chunks, 2]``: ``(tensor row, chunk index)`` per program, chunks
             of ``CHUNK_SIZE`` elements of the active tensors.
-        exp_avg, exp_avg_sq: the bucket's flat moment buffers (compute dtype), updated in place.
+        exp_avg, exp_avg_sq: the bucket's flat moment buffers (compute dtype, or bfloat16 as
+            in ``adam_update_``), updated in place.
         max_exp_avg_sq: the flat moment2_max buffer for AMSGrad, or None.
         hyper: ``[n_tensors, HYPER_WIDTH]`` per-tensor hyper-parameter rows (compute dtype).
         pows_in: ``[n_tensors, POW_SLOT_WIDTH]`` pows of this step; pows_out receives the next
@@ -643,9 +725,12 @@ def adam_update_tensor_list_(
         grad_scale, found_inf: AMP's loss scale and overflow flag, as in ``adam_update_``.
         maximize: as in ``adam_update_`` (each row's ``HYPER_SIGN``).
         bias_from_step: as in ``adam_update_``.
+        stochastic_rounding, seed: as in ``adam_update_``.
     """
     check_interpretable(exp_avg.device)
-    cdtype = exp_avg.dtype
+    cdtype = hyper.dtype  # the moments may be bf16: the tables are in the compute dtype
+    _check_moment_dtype(exp_avg.dtype, compute_dtype_for(param_dtype))
+    _check_rounding(stochastic_rounding, param_dtype, master, seed)
     _check_grad_dtype(param_dtype, grad_dtype)
     if master is not None:
         _check(_master_fits(param_dtype, master.dtype) and master.numel() == exp_avg.numel()
@@ -677,8 +762,8 @@ def adam_update_tensor_list_(
     if max_exp_avg_sq is not None:
         flat.append(("max_exp_avg_sq", max_exp_avg_sq))
     for name, t in flat:
-        _check(t.dtype == cdtype and t.is_contiguous() and t.numel() == exp_avg.numel(), lambda:
-               f"{name} must be a contiguous {cdtype} buffer like exp_avg")
+        _check(t.dtype == exp_avg.dtype and t.is_contiguous() and t.numel() == exp_avg.numel(),
+               lambda: f"{name} must be a contiguous {exp_avg.dtype} buffer like exp_avg")
     device = exp_avg.device
     args = [("tensor_table", tensor_table), ("chunk_table", chunk_table)] + flat
     for name, t in args + [(name, t) for name, t, _ in expected]:
@@ -702,7 +787,7 @@ def adam_update_tensor_list_(
             master if master is not None else exp_avg,
             grad_scale if grad_scale is not None else hyper,
             found_inf if found_inf is not None else hyper,
-            lr, lr_ptr if lr_ptr is not None else hyper, n_tensors, n_chunks,
+            lr, lr_ptr if lr_ptr is not None else hyper, n_tensors, n_chunks, seed,
             **tensor_list_constexprs(param_dtype=param_dtype, grad_dtype=grad_dtype, aligned=aligned,
                                      amsgrad=max_exp_avg_sq is not None,
                                      coupled_decay=coupled_decay, decoupled_decay=decoupled_decay,
@@ -711,7 +796,8 @@ def adam_update_tensor_list_(
                                      master_remainder=_remainder(master),
                                      skip_on_inf=found_inf is not None,
                                      lr_on_device=lr_ptr is not None, maximize=maximize,
-                                bias_from_step=bias_from_step),
+                                     bias_from_step=bias_from_step,
+                                     stochastic_rounding=stochastic_rounding),
             num_warps=NUM_WARPS,
             enable_fp_fusion=FP_FUSION,
         )
@@ -723,7 +809,8 @@ def tensor_list_constexprs(*, param_dtype: torch.dtype, grad_dtype: torch.dtype,
                            master: bool = False, unscale: bool = False,
                            skip_on_inf: bool = False, lr_on_device: bool = False,
                            maximize: bool = False, bias_from_step: bool = False,
-                           master_remainder: bool = False) -> dict:
+                           master_remainder: bool = False,
+                           stochastic_rounding: bool = False) -> dict:
     """The constexpr arguments of one multi-tensor specialization (shared with the compile
     check)."""
     return dict(
@@ -744,4 +831,5 @@ def tensor_list_constexprs(*, param_dtype: torch.dtype, grad_dtype: torch.dtype,
         LR_ON_DEVICE=bool(lr_on_device),
         MAXIMIZE=bool(maximize),
         BIAS_FROM_STEP=bool(bias_from_step),
+        STOCHASTIC_ROUNDING=bool(stochastic_rounding),
     )

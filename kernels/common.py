@@ -33,7 +33,10 @@ private names):
   narrowing of a result to its storage dtype (``round_to``, exact under the interpreter too);
 * the split of an fp32 master into a bf16 param and an int16 remainder and its inverse
   (``split_master`` / ``join_master``, and their torch twins ``*_host``), the format of
-  ``master_weight_format="remainder"``.
+  ``master_weight_format="remainder"``;
+* counter-based random bits (``philox_bits``: Philox-4x32-10 keyed by seed, step and element
+  index) and the stochastic rounding of fp32 to bf16 (``round_stochastic_bf16``, host twin
+  ``round_stochastic_bf16_host``), behind bf16 moments and bf16 params without masters.
 
 The Adam step's own device functions (the per-program scalars, the gradient transform, the
 update math, the pow advance) live in ``kernels/update.py``; the kernels in ``adam.py``
@@ -278,6 +281,102 @@ def join_master_host(param: torch.Tensor, rem: torch.Tensor) -> torch.Tensor:
     bits = (high + rem.to(torch.int64)) & 0xFFFFFFFF
     bits = torch.where(bits >= 0x80000000, bits - 0x100000000, bits)
     return bits.to(torch.int32).view(torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Counter-based randomness and stochastic rounding (``moment_dtype=torch.bfloat16``,
+# ``stochastic_rounding=True``)
+#
+# Random bits come from Philox-4x32-10 (Salmon et al., SC'11; ``tl.philox``, the generator
+# behind ``tl.rand``, which runs under the interpreter too), keyed by the optimizer's 64-bit
+# seed, with the counter (element index low 32 bits, element index high 32 bits, step, 0).
+# The element index is the element's offset within its tensor and the step is the count of
+# steps the tensor has applied (the pow slot's ``POW_STEP``, read on the device), so
+#
+# * no host value changes between steps: a captured (CUDA graph) step replays with the
+#   current step's bits, and nothing is read back;
+# * a per-tensor launch and a bucketed launch draw the same bits for an element (bitwise
+#   equal paths), and a resumed run (the step count is in the state) draws the bits the
+#   uninterrupted run would have;
+# * the stream depends on (seed, step, index) only: two tensors of one shape draw the same
+#   bits at the same step (their rounding errors are each unbiased; they are correlated only
+#   where their fractions coincide).
+#
+# One Philox call gives four independent 32-bit words per element: word 0 rounds the param,
+# 1 moment1, 2 moment2, 3 moment2_max.
+#
+# Stochastic rounding of an fp32 ``x`` to bf16: add 16 uniform random bits to the bit pattern
+# and truncate the low 16. Within a binade the pattern is linear in the magnitude, and a carry
+# out of the mantissa moves to the next binade's first value, which is the next bf16 value up;
+# so, writing |x| = hi + f * ulp (f = low half / 2^16), the result is hi + ulp with probability
+# exactly f: E[sr(x)] = x for every finite x whose round-up is finite (signs are symmetric:
+# the pattern is sign-magnitude). Decisions at the edges:
+#
+# * NaN stays NaN (a quiet NaN of the same sign: the add could carry a NaN into the sign bit);
+#   +-inf and +-0 are unchanged (their low half is zero, nothing carries);
+# * a finite ``x`` never becomes inf: above bf16's largest finite value (0x7F7F) the round-up
+#   would be inf, and it saturates to +-0x7F7F instead. Such x round down to the max always (a
+#   bias of < 1 bf16 ulp, in a range where round-to-nearest would give inf half the time); an
+#   inf in a moment or a parameter is not a rounding error anyone wants from an optimizer.
+
+
+@triton.jit
+def philox_bits(seed, step, offs):
+    """Four uint32 blocks of Philox-4x32-10 random bits for the elements ``offs`` (int64
+    offsets within their tensor) at step ``step`` (int32 scalar), keyed by ``seed`` (int)."""
+    c0 = (offs & 0xFFFFFFFF).to(tl.uint32)
+    c1 = (offs >> 32).to(tl.uint32)
+    c2 = tl.zeros_like(c0) + step.to(tl.uint32, bitcast=True)
+    c3 = tl.zeros_like(c0)
+    return tl.philox(seed, c0, c1, c2, c3)
+
+
+@triton.jit
+def round_stochastic_bf16(x, bits):
+    """``x`` (fp32) rounded to bf16 stochastically with the low 16 of ``bits`` (uint32):
+    unbiased, NaN/inf kept, finite values saturate at bf16's max (see above)."""
+    xi = x.to(tl.uint32, bitcast=True)
+    yi = (xi + (bits & 0xFFFF)) >> 16  # the bf16 pattern (uint32 arithmetic wraps)
+    hi = xi >> 16
+    finite = (hi & 0x7F80) != 0x7F80
+    # A finite x that carried into the all-ones exponent: saturate at +-max (0x7F7F).
+    yi = tl.where(finite & ((yi & 0x7F80) == 0x7F80), (hi & 0x8000) | 0x7F7F, yi)
+    # NaN: a quiet NaN of the same sign (its own high half, quiet bit set: no carry).
+    yi = tl.where(x != x, hi | 0x0040, yi)
+    return yi.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+
+
+def philox_host(seed: int, counters: np.ndarray, rounds: int = 10) -> np.ndarray:
+    """Philox-4x32 in numpy: ``counters`` uint32 ``[n, 4]`` -> uint32 ``[n, 4]`` with the
+    key ``(seed low 32 bits, seed high 32 bits)``; the reference ``philox_bits`` is tested
+    against."""
+    c = counters.astype(np.uint64) & 0xFFFFFFFF
+    c0, c1, c2, c3 = (c[:, i].copy() for i in range(4))
+    k0, k1 = np.uint64(seed & 0xFFFFFFFF), np.uint64((seed >> 32) & 0xFFFFFFFF)
+    mask = np.uint64(0xFFFFFFFF)
+    a, b = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
+    for _ in range(rounds):
+        pa, pb = a * c0, b * c2  # < 2^64: exact in uint64
+        c0, c1, c2, c3 = ((pb >> np.uint64(32)) ^ c1 ^ k0, pb & mask,
+                          (pa >> np.uint64(32)) ^ c3 ^ k1, pa & mask)
+        k0 = (k0 + np.uint64(0x9E3779B9)) & mask
+        k1 = (k1 + np.uint64(0xBB67AE85)) & mask
+    return np.stack([c0, c1, c2, c3], axis=1).astype(np.uint32)
+
+
+def round_stochastic_bf16_host(x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    """``round_stochastic_bf16`` in torch: float32 ``x`` and integer ``bits`` of its shape
+    (their low 16 bits are used) -> bfloat16, the same bits the kernels write."""
+    if x.dtype != torch.float32:
+        raise TypeError(f"stochastic rounding takes float32, got {x.dtype}")
+    xi = x.contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    hi = xi >> 16
+    y = ((xi + (bits.to(torch.int64) & 0xFFFF)) >> 16) & 0xFFFF
+    finite = (hi & 0x7F80) != 0x7F80
+    y = torch.where(finite & ((y & 0x7F80) == 0x7F80), (hi & 0x8000) | 0x7F7F, y)
+    y = torch.where(torch.isnan(x), hi | 0x0040, y)
+    y = torch.where(y >= 0x8000, y - 0x10000, y)
+    return y.to(torch.int16).view(torch.bfloat16)
 
 
 @triton.jit

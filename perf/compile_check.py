@@ -165,6 +165,7 @@ def adam_specializations() -> list[Specialization]:
             "clip_scale_ptr": f"*{c_ty}", "master_ptr": _master_type(mp),
             "grad_scale_ptr": "*fp32",
             "found_inf_ptr": "*fp32", "lr": "fp64", "lr_ptr": "*fp64", "n_elements": n_type,
+            "rng_seed": "i64",  # stochastic rounding's Philox key (unused without it)
             **{k: "constexpr" for k in constexprs},
         }
         divisible = tuple(pointer_args) + (("n_elements",) if n_type == "i32" else ())
@@ -220,6 +221,7 @@ def tensor_list_specializations() -> list[Specialization]:
             "clip_scales_ptr": f"*{c_ty}", "master_ptr": _master_type(mp),
             "grad_scale_ptr": "*fp32",
             "found_inf_ptr": "*fp32", "lr": "fp64", "lr_ptr": "*fp64", "n_tensors": "i32", "n_chunks": "i32",
+            "rng_seed": "i64",  # stochastic rounding's Philox key (unused without it)
             **{k: "constexpr" for k in constexprs},
         }
         mode = " ".join([p_ty] + ([f"grad:{_TRITON_TYPE[grad]}"] if grad != dtype else [])

@@ -103,7 +103,9 @@ class Bucket:
     def __init__(self, params: Sequence[torch.Tensor], configs: Sequence[MemberConfig], *,
                  amsgrad: bool, multi_tensor: bool, grad_dtype: torch.dtype | None = None,
                  multi_precision: bool = False, capturable: bool = False,
-                 bias_from_step: bool = False, master_remainder: bool = False) -> None:
+                 bias_from_step: bool = False, master_remainder: bool = False,
+                 moment_dtype: torch.dtype | None = None, stochastic_rounding: bool = False,
+                 seed: int = 0) -> None:
         if not params:
             raise ValueError("a bucket needs at least one parameter")
         self.params = list(params)  # what the user holds: .grad, .requires_grad, names
@@ -131,6 +133,15 @@ class Bucket:
         self.capturable = capturable
         # torch's bias corrections (from the step count and the current betas)
         self.bias_from_step = bias_from_step
+        # bf16 moments (``moment_dtype``) apply to buckets computed in float32; the kernels
+        # compute in float32 and store them rounded stochastically. (The engine refuses
+        # float64 params with bf16 moments.)
+        self.moment_dtype = (moment_dtype if moment_dtype is not None
+                             and self.compute_dtype == torch.float32 else self.compute_dtype)
+        # Stochastic rounding of the params themselves: bf16 params without master weights.
+        self.stochastic_rounding = (stochastic_rounding and not self.has_master
+                                    and self.param_dtype == torch.bfloat16)
+        self.seed = seed  # the Philox key of both (kernels/common.py)
         self._retired: list[object] = []  # see _retire
         self._fill_index: dict[tuple[int, ...], torch.Tensor] = {}  # see fill_columns
         self._derive()
@@ -149,10 +160,10 @@ class Bucket:
         self.created = [False] * n  # state exists (Paddle: the member has had a step)
         self._created_key: tuple[bool, ...] | None = None  # an active set fully created
 
-        dev, cdt = self.device, self.compute_dtype
-        self.moment1 = torch.zeros(total, dtype=cdt, device=dev)
-        self.moment2 = torch.zeros(total, dtype=cdt, device=dev)
-        self.moment2_max = torch.zeros(total, dtype=cdt, device=dev) if amsgrad else None
+        dev, cdt, mdt = self.device, self.compute_dtype, self.moment_dtype
+        self.moment1 = torch.zeros(total, dtype=mdt, device=dev)
+        self.moment2 = torch.zeros(total, dtype=mdt, device=dev)
+        self.moment2_max = torch.zeros(total, dtype=mdt, device=dev) if amsgrad else None
         self.master = (torch.zeros(total, dtype=torch.float32, device=dev)
                        if self.has_master and not self.master_remainder else None)
         # The low halves of the masters of a remainder bucket (the params are the high halves).
@@ -629,7 +640,8 @@ class Bucket:
                 clip_value=self.clip_value,
                 master=self.master_state(j), grad_scale=grad_scale, found_inf=found_inf,
                 maximize=self.maximize,
-                bias_from_step=self.bias_from_step)
+                bias_from_step=self.bias_from_step,
+                stochastic_rounding=self.stochastic_rounding, seed=self.seed)
             self._advance_slot(j)
             self._remember(j, g)
         for j, g in plan.sparse:
@@ -710,7 +722,8 @@ class Bucket:
             coupled_decay=self.coupled_decay, decoupled_decay=self.decoupled_decay,
             clip_scales=clip_scales if self.clip_scale else None, clip_value=self.clip_value,
             master=self.master_state(), grad_scale=grad_scale, found_inf=found_inf,
-            maximize=self.maximize, bias_from_step=self.bias_from_step)
+            maximize=self.maximize, bias_from_step=self.bias_from_step,
+            stochastic_rounding=self.stochastic_rounding, seed=self.seed)
         # Sparse (lazy) members after the dense launch, whose pow pass copied their pows into
         # slot 1 - s: the row kernel overwrites them there with the advanced ones.
         for j, g in plan.sparse:
