@@ -65,7 +65,11 @@ from .common import (  # the layout and configuration are re-exported: the engin
     COL_ACTIVE,
     COL_ACTIVE_C,
     COL_CLIP_INDEX,
+    COL_RNG_OFFSET,
+    COL_RNG_STREAM,
     COL_CLIP_INDEX_C,
+    COL_RNG_OFFSET_C,
+    COL_RNG_STREAM_C,
     COL_GRAD_ADDR,
     COL_GRAD_ADDR_C,
     COL_NUMEL,
@@ -131,7 +135,8 @@ __all__ = [
     "HYPER_BETA1", "HYPER_BETA2", "HYPER_EPS", "HYPER_L2", "HYPER_L1", "HYPER_WD",
     "HYPER_CLIP_MIN", "HYPER_CLIP_MAX", "HYPER_SIGN", "HYPER_LR_INDEX", "HYPER_WIDTH",
     "POW_BETA1", "POW_BETA2", "POW_STEP", "POW_SLOT_WIDTH", "TABLE_WIDTH", "COL_PARAM_ADDR", "COL_GRAD_ADDR", "COL_NUMEL",
-    "COL_STATE_OFFSET", "COL_ACTIVE", "COL_CLIP_INDEX", "STATE_ALIGN",
+    "COL_STATE_OFFSET", "COL_ACTIVE", "COL_CLIP_INDEX", "COL_RNG_STREAM", "COL_RNG_OFFSET",
+    "STATE_ALIGN",
 ]
 
 # Tensors whose pows one program advances in the pow pass of the multi-tensor kernel.
@@ -169,6 +174,8 @@ def _adam_block(
     sign,
     rng_seed,
     rng_step,
+    rng_stream,
+    rng_offset,
     AMSGRAD: tl.constexpr,
     COUPLED_DECAY: tl.constexpr,
     DECOUPLED_DECAY: tl.constexpr,
@@ -189,11 +196,13 @@ def _adam_block(
 
     bf16 moment buffers are widened to ``compute_dtype`` as they are read and rounded
     stochastically as they are written; ``STOCHASTIC_ROUNDING`` writes the (bf16) param so.
-    The random bits (``rng_seed``, ``rng_step``, the offsets) are drawn only when used.
+    The random bits (``rng_seed``, ``rng_step``, ``rng_stream``, the offsets plus
+    ``rng_offset``) are drawn only when used.
     """
     MOMENTS_BF16: tl.constexpr = exp_avg_ptr.dtype.element_ty == tl.bfloat16
     if MOMENTS_BF16 or STOCHASTIC_ROUNDING:
-        r_param, r_m, r_v, r_vmax = philox_bits(rng_seed, rng_step, offs)
+        r_param, r_m, r_v, r_vmax = philox_bits(rng_seed, rng_step, offs + rng_offset,
+                                                rng_stream)
     if MASTER_REMAINDER:
         # The fp32 master as a bf16 param and its int16 remainder (kernels/common.py): the
         # same fp32 value as MASTER reads, from 4 bytes instead of 4 + the param written.
@@ -245,7 +254,9 @@ def _adam_block(
         tl.store(param_ptr + offs, round_to(p, param_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+# Per-step and per-tensor ints are never specialized on (a seed or a tensor index that
+# happens to be 1 or a multiple of 16 must not compile another variant).
+@triton.jit(do_not_specialize=["rng_seed", "rng_stream", "rng_offset"])
 def _adam_kernel(
     param_ptr,  # *P: params, updated in place
     grad_ptr,  # *G: gradients (read only)
@@ -264,6 +275,8 @@ def _adam_kernel(
     lr_ptr,  # *f64: the learning rate in device memory (LR_ON_DEVICE only, else any pointer)
     n_elements,  # number of elements of the range
     rng_seed,  # int in [0, 2^63): the Philox key of stochastic rounding (fixed per optimizer)
+    rng_stream,  # int in [0, 2^32): the tensor's random stream (its index in the optimizer)
+    rng_offset,  # int >= 0: the tensor's first element in its whole tensor (an FSDP2 shard)
     BLOCK: tl.constexpr,  # elements per program
     AMSGRAD: tl.constexpr,  # keep and use moment2_max
     COUPLED_DECAY: tl.constexpr,  # add l2 * p + l1 * sign(p) to the gradient
@@ -303,16 +316,16 @@ def _adam_kernel(
         _adam_block(param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, max_exp_avg_sq_ptr,
                     master_ptr, offs, None, lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps,
                     l2, l1, wd, g_scale, clip_lo, clip_hi, inv_grad_scale, sign, rng_seed,
-                    rng_step, AMSGRAD, COUPLED_DECAY, DECOUPLED_DECAY, CLIP_SCALE, CLIP_VALUE,
-                    MASTER, MASTER_REMAINDER, UNSCALE, MAXIMIZE, STOCHASTIC_ROUNDING,
-                    compute_dtype)
+                    rng_step, rng_stream, rng_offset, AMSGRAD, COUPLED_DECAY, DECOUPLED_DECAY,
+                    CLIP_SCALE, CLIP_VALUE, MASTER, MASTER_REMAINDER, UNSCALE, MAXIMIZE,
+                    STOCHASTIC_ROUNDING, compute_dtype)
     else:
         _adam_block(param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, max_exp_avg_sq_ptr,
                     master_ptr, offs, offs < n_elements, lr_t, step_size, inv_sqrt_bc2, beta1,
                     beta2, eps, l2, l1, wd, g_scale, clip_lo, clip_hi, inv_grad_scale, sign,
-                    rng_seed, rng_step, AMSGRAD, COUPLED_DECAY, DECOUPLED_DECAY, CLIP_SCALE,
-                    CLIP_VALUE, MASTER, MASTER_REMAINDER, UNSCALE, MAXIMIZE,
-                    STOCHASTIC_ROUNDING, compute_dtype)
+                    rng_seed, rng_step, rng_stream, rng_offset, AMSGRAD, COUPLED_DECAY,
+                    DECOUPLED_DECAY, CLIP_SCALE, CLIP_VALUE, MASTER, MASTER_REMAINDER, UNSCALE,
+                    MAXIMIZE, STOCHASTIC_ROUNDING, compute_dtype)
 
     if pid == 0:
         # Re-read (from cache) rather than keep the pows and betas live across the block body
@@ -321,7 +334,7 @@ def _adam_kernel(
         advance_pows(hyper_ptr, pows_in_ptr, pows_out_ptr, found_inf_ptr, SKIP_ON_INF)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["rng_seed"])
 def _adam_tensor_list_kernel(
     tensor_table_ptr,  # *i64 [n_tensors, TABLE_WIDTH]: addresses, numel, state offset, active
     chunk_table_ptr,  # *i32 [n_chunks, 2]: (tensor index, chunk index within the tensor)
@@ -417,6 +430,8 @@ def _adam_tensor_list_kernel(
         sign = grad_sign(hyper_ptr + t * HYPER_WIDTH_C, compute_dtype, MAXIMIZE)
         # The random stream's step: this tensor's step count (as _adam_kernel reads it).
         rng_step = tl.load(pows_in_ptr + t * POW_SLOT_WIDTH_C + POW_STEP_C).to(tl.int32)
+        rng_stream = tl.load(row + COL_RNG_STREAM_C)
+        rng_offset = tl.load(row + COL_RNG_OFFSET_C)
 
         block_start = chunk * BLOCK  # int64 offsets within the tensor: the random counter
         offs = block_start + tl.arange(0, BLOCK)
@@ -438,17 +453,17 @@ def _adam_tensor_list_kernel(
                 grad_ptr = tl.multiple_of(grad_ptr, 16)
             _adam_block(param_ptr, grad_ptr, m_ptr, v_ptr, vmax_ptr, w_ptr, offs, None, lr_t,
                         step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd, g_scale,
-                        clip_lo, clip_hi, inv_grad_scale, sign, rng_seed, rng_step, AMSGRAD,
-                        COUPLED_DECAY, DECOUPLED_DECAY, CLIP_SCALE, CLIP_VALUE, MASTER,
-                        MASTER_REMAINDER, UNSCALE, MAXIMIZE, STOCHASTIC_ROUNDING,
-                        compute_dtype)
+                        clip_lo, clip_hi, inv_grad_scale, sign, rng_seed, rng_step, rng_stream,
+                        rng_offset, AMSGRAD, COUPLED_DECAY, DECOUPLED_DECAY, CLIP_SCALE,
+                        CLIP_VALUE, MASTER, MASTER_REMAINDER, UNSCALE, MAXIMIZE,
+                        STOCHASTIC_ROUNDING, compute_dtype)
         else:
             _adam_block(param_ptr, grad_ptr, m_ptr, v_ptr, vmax_ptr, w_ptr, offs,
                         offs < n_elements, lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps,
                         l2, l1, wd, g_scale, clip_lo, clip_hi, inv_grad_scale, sign, rng_seed,
-                        rng_step, AMSGRAD, COUPLED_DECAY, DECOUPLED_DECAY, CLIP_SCALE,
-                        CLIP_VALUE, MASTER, MASTER_REMAINDER, UNSCALE, MAXIMIZE,
-                        STOCHASTIC_ROUNDING, compute_dtype)
+                        rng_step, rng_stream, rng_offset, AMSGRAD, COUPLED_DECAY,
+                        DECOUPLED_DECAY, CLIP_SCALE, CLIP_VALUE, MASTER, MASTER_REMAINDER,
+                        UNSCALE, MAXIMIZE, STOCHASTIC_ROUNDING, compute_dtype)
 
 
 def kernel_constexprs(*, amsgrad: bool, coupled_decay: bool, decoupled_decay: bool,
@@ -553,6 +568,8 @@ def adam_update_(
     bias_from_step: bool = False,
     stochastic_rounding: bool = False,
     seed: int = 0,
+    rng_stream: int = 0,
+    rng_offset: int = 0,
 ) -> None:
     """Apply one Adam step to ``param`` in place, with one kernel launch.
 
@@ -593,6 +610,12 @@ def adam_update_(
         seed: the Philox key of stochastic rounding (bf16 moments, ``stochastic_rounding``),
             an int in ``[0, 2^63)``; with the tensor's step count and each element's offset
             it decides the random bits (``kernels/common.py``).
+        rng_stream: the tensor's random stream, an int in ``[0, 2^32)`` (the multi-tensor
+            kernel reads it from ``COL_RNG_STREAM``): tensors with distinct streams draw
+            distinct bits.
+        rng_offset: the place of ``param``'s first element in its whole tensor (an FSDP2
+            shard's; 0 for a whole tensor), added to the element offsets the bits are keyed by
+            (``COL_RNG_OFFSET``).
     """
     check_interpretable(param.device)  # first: the checks below read device tensors' metadata
     cdtype = compute_dtype_for(param.dtype)
@@ -618,6 +641,10 @@ def adam_update_(
     moment_dtype = exp_avg.dtype
     _check_moment_dtype(moment_dtype, cdtype)
     _check_rounding(stochastic_rounding, param.dtype, master, seed)
+    _check(all(isinstance(v, int) and not isinstance(v, bool) for v in (rng_stream, rng_offset))
+           and 0 <= rng_stream < 2 ** 32 and 0 <= rng_offset < 2 ** 62, lambda:
+           f"rng_stream must be an int in [0, 2**32) and rng_offset one in [0, 2**62), got "
+           f"{rng_stream!r} and {rng_offset!r}")
     for name, t in states:
         expected = moment_dtype if name in _MOMENT_NAMES else cdtype
         _check(t.dtype == expected, lambda: f"{name} dtype {t.dtype} != {expected} (the "
@@ -649,7 +676,7 @@ def adam_update_(
             master if master is not None else exp_avg,
             grad_scale if grad_scale is not None else hyper,
             found_inf if found_inf is not None else hyper,
-            lr, lr_ptr if lr_ptr is not None else hyper, n, seed,
+            lr, lr_ptr if lr_ptr is not None else hyper, n, seed, rng_stream, rng_offset,
             **kernel_constexprs(amsgrad=max_exp_avg_sq is not None, coupled_decay=coupled_decay,
                                 decoupled_decay=decoupled_decay,
                                 clip_scale=clip_scale is not None, clip_value=clip_value,

@@ -141,6 +141,8 @@ COL_NUMEL = 2  # elements of the param
 COL_STATE_OFFSET = 3  # where the tensor's region starts in the bucket's flat state buffers
 COL_ACTIVE = 4  # 1 if the tensor is updated this step (its pows advance), else 0
 COL_CLIP_INDEX = 5  # which entry of the clip-scale buffer multiplies the gradient (CLIP_SCALE)
+COL_RNG_STREAM = 6  # the tensor's random stream (its index in the optimizer): Philox counter
+COL_RNG_OFFSET = 7  # the local tensor's first element in the whole tensor (an FSDP2 shard's)
 CHUNK_TABLE_WIDTH = 2  # int32 columns per chunk-table row
 CHUNK_TENSOR = 0  # the tensor's row in the tensor table
 CHUNK_INDEX = 1  # which chunk of CHUNK_SIZE elements of that tensor
@@ -171,6 +173,8 @@ COL_NUMEL_C = tl.constexpr(COL_NUMEL)
 COL_STATE_OFFSET_C = tl.constexpr(COL_STATE_OFFSET)
 COL_ACTIVE_C = tl.constexpr(COL_ACTIVE)
 COL_CLIP_INDEX_C = tl.constexpr(COL_CLIP_INDEX)
+COL_RNG_STREAM_C = tl.constexpr(COL_RNG_STREAM)
+COL_RNG_OFFSET_C = tl.constexpr(COL_RNG_OFFSET)
 CHUNK_TABLE_WIDTH_C = tl.constexpr(CHUNK_TABLE_WIDTH)
 CHUNK_TENSOR_C = tl.constexpr(CHUNK_TENSOR)
 CHUNK_INDEX_C = tl.constexpr(CHUNK_INDEX)
@@ -289,18 +293,21 @@ def join_master_host(param: torch.Tensor, rem: torch.Tensor) -> torch.Tensor:
 #
 # Random bits come from Philox-4x32-10 (Salmon et al., SC'11; ``tl.philox``, the generator
 # behind ``tl.rand``, which runs under the interpreter too), keyed by the optimizer's 64-bit
-# seed, with the counter (element index low 32 bits, element index high 32 bits, step, 0).
-# The element index is the element's offset within its tensor and the step is the count of
-# steps the tensor has applied (the pow slot's ``POW_STEP``, read on the device), so
+# seed, with the counter (element index low 32 bits, element index high 32 bits, step,
+# stream). The element index is the element's offset within its whole tensor (an FSDP2
+# shard's elements count from the shard's first element's place in the whole tensor,
+# ``COL_RNG_OFFSET``), the stream is the tensor's index in its optimizer (``COL_RNG_STREAM``)
+# and the step is the count of steps the tensor has applied (the pow slot's ``POW_STEP``,
+# read on the device), so
 #
 # * no host value changes between steps: a captured (CUDA graph) step replays with the
 #   current step's bits, and nothing is read back;
 # * a per-tensor launch and a bucketed launch draw the same bits for an element (bitwise
 #   equal paths), and a resumed run (the step count is in the state) draws the bits the
 #   uninterrupted run would have;
-# * the stream depends on (seed, step, index) only: two tensors of one shape draw the same
-#   bits at the same step (their rounding errors are each unbiased; they are correlated only
-#   where their fractions coincide).
+# * every element of every tensor at every step has its own counter: tensors of one shape
+#   (the layers of a model) do not share bits, and a sharded run (dim-0 shards, FSDP2's
+#   default) draws the bits of the unsharded run.
 #
 # One Philox call gives four independent 32-bit words per element: word 0 rounds the param,
 # 1 moment1, 2 moment2, 3 moment2_max.
@@ -321,13 +328,14 @@ def join_master_host(param: torch.Tensor, rem: torch.Tensor) -> torch.Tensor:
 
 
 @triton.jit
-def philox_bits(seed, step, offs):
+def philox_bits(seed, step, offs, stream):
     """Four uint32 blocks of Philox-4x32-10 random bits for the elements ``offs`` (int64
-    offsets within their tensor) at step ``step`` (int32 scalar), keyed by ``seed`` (int)."""
+    offsets within their whole tensor) of tensor ``stream`` (int scalar, < 2^32) at step
+    ``step`` (int32 scalar), keyed by ``seed`` (int)."""
     c0 = (offs & 0xFFFFFFFF).to(tl.uint32)
     c1 = (offs >> 32).to(tl.uint32)
     c2 = tl.zeros_like(c0) + step.to(tl.uint32, bitcast=True)
-    c3 = tl.zeros_like(c0)
+    c3 = tl.zeros_like(c0) + stream.to(tl.uint32)
     return tl.philox(seed, c0, c1, c2, c3)
 
 

@@ -34,9 +34,9 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- the generator
 @triton.jit
-def _philox_kernel(offs_ptr, out_ptr, seed, step, N: tl.constexpr):
+def _philox_kernel(offs_ptr, out_ptr, seed, step, stream, N: tl.constexpr):
     i = tl.arange(0, N)
-    r0, r1, r2, r3 = philox_bits(seed, step, tl.load(offs_ptr + i))
+    r0, r1, r2, r3 = philox_bits(seed, step, tl.load(offs_ptr + i), stream)
     tl.store(out_ptr + i * 4, r0.to(tl.int32, bitcast=True))
     tl.store(out_ptr + i * 4 + 1, r1.to(tl.int32, bitcast=True))
     tl.store(out_ptr + i * 4 + 2, r2.to(tl.int32, bitcast=True))
@@ -59,16 +59,17 @@ def test_philox_host_matches_published_vectors():
                                                                   0xA20BC7C6, 0x6D5451FD]]
 
 
-def test_kernel_philox_matches_host():
-    """(seed, step, offset) -> the counter (offset lo, offset hi, step, 0) under the key seed;
-    offsets beyond 2^32 included (tensors that large exist)."""
+@pytest.mark.parametrize("stream", [0, 5, 2 ** 32 - 1])
+def test_kernel_philox_matches_host(stream):
+    """(seed, step, offset, stream) -> the counter (offset lo, offset hi, step, stream) under
+    the key seed; offsets beyond 2^32 included (tensors that large exist)."""
     n = 64
     offs = torch.arange(n, dtype=torch.int64) * 7919 + (torch.arange(n) % 3) * (1 << 33)
     seed, step = (123 << 40) + 45, 17
     out = torch.zeros(n * 4, dtype=torch.int32)
-    _philox_kernel[(1,)](offs, out, seed, step, N=n)
+    _philox_kernel[(1,)](offs, out, seed, step, stream, N=n)
     o = offs.numpy()
-    ctr = np.stack([o & 0xFFFFFFFF, o >> 32, np.full(n, step), np.zeros(n)], 1)
+    ctr = np.stack([o & 0xFFFFFFFF, o >> 32, np.full(n, step), np.full(n, stream)], 1)
     expect = philox_host(seed, ctr.astype(np.uint64).astype(np.uint32))
     assert (out.view(n, 4).numpy().view(np.uint32) == expect).all()
 
@@ -261,12 +262,12 @@ def test_deterministic_and_bucketed_equals_per_tensor(mode):
     assert not _equal(runs["a"], runs["other seed"])
 
 
-@pytest.mark.xfail(strict=True, reason="Paddle's state dict has no step count: a load starts "
-                   "the random stream at step 0 (TODO: carry the steps in the dict, beside "
-                   "'master_weights')")
 @pytest.mark.filterwarnings("ignore:Accumulating with FP16 or BF16")
+@pytest.mark.parametrize("via_file", [False, True], ids=["dict", "pdopt file"])
 @pytest.mark.parametrize("mode", ["bf16 moments", "both, amsgrad"])
-def test_paddle_state_dict_resume_is_bitwise(mode):
+def test_paddle_state_dict_resume_is_bitwise(mode, via_file, tmp_path):
+    """The step counts travel in the dict (``{param}_step_0``, not Paddle's), so the resumed
+    run draws the random bits the uninterrupted one draws."""
     kw = dict(learning_rate=1e-2, seed=9, **MODES[mode])
     whole_params = _params()
     whole = triton_adam.Adam(parameters=whole_params, **kw)
@@ -277,11 +278,68 @@ def test_paddle_state_dict_resume_is_bitwise(mode):
     _train(params, first, 0, 4)
     sd = first.state_dict()
     assert all(v.dtype == torch.float32 for k, v in sd.items() if "moment" in k)
+    steps = {k: v for k, v in sd.items() if k.endswith("_step_0")}
+    assert len(steps) == len(params) and all(v.tolist() == [4.0] for v in steps.values())
+    if via_file:
+        triton_adam.save(sd, tmp_path / "opt.pdopt")
+        sd = triton_adam.load(tmp_path / "opt.pdopt")
     resumed_params = [torch.nn.Parameter(p.detach().clone()) for p in params]
     resumed = triton_adam.Adam(parameters=resumed_params, **kw)
     resumed.set_state_dict(sd)
     _train(resumed_params, resumed, 4, 4)
     assert _equal(_snapshot(whole, whole_params), _snapshot(resumed, resumed_params))
+
+
+@pytest.mark.filterwarnings("ignore:Accumulating with FP16 or BF16")
+def test_step_counts_are_only_in_random_modes_and_optional_on_load():
+    """Without random bits the dict is Paddle's exactly (no step keys, and step keys given
+    are accepted, not loaded); a random mode loading a dict without them restarts its stream
+    at step 0, the same continuation whatever its own count was."""
+    params = _params()
+    plain = triton_adam.Adam(learning_rate=1e-2, parameters=params)
+    _train(params, plain, 0, 2)
+    assert not any(k.endswith("_step_0") for k in plain.state_dict())
+
+    kw = dict(learning_rate=1e-2, seed=3, **MODES["bf16 moments"])
+    params = _params()
+    source = triton_adam.Adam(parameters=params, **kw)
+    _train(params, source, 0, 3)
+    sd = source.state_dict()
+    plain_params = _params()
+    triton_adam.Adam(learning_rate=1e-2, parameters=plain_params).set_state_dict(sd)
+
+    no_steps = {k: v for k, v in sd.items() if not k.endswith("_step_0")}
+    outcomes = []
+    for warm_steps in (0, 5):
+        ps = [torch.nn.Parameter(p.detach().clone()) for p in params]
+        opt = triton_adam.Adam(parameters=ps, **kw)
+        _train(ps, opt, 0, warm_steps)  # a count of its own, which the load replaces
+        with torch.no_grad():  # the params are the model's, not in the dict
+            for p, src in zip(ps, params):
+                p.copy_(src)
+        opt.set_state_dict(no_steps)
+        assert all(v.tolist() == [0.0] for k, v in opt.state_dict().items()
+                   if k.endswith("_step_0"))
+        _train(ps, opt, 3, 2)
+        outcomes.append(_snapshot(opt, ps))
+    assert _equal(*outcomes)
+
+
+@pytest.mark.parametrize("bad", [-1.0, 2.5, float("nan"), float("inf"), 2.0 ** 24 + 2])
+@pytest.mark.filterwarnings("ignore:Accumulating with FP16 or BF16")
+def test_bad_step_count_raises_and_changes_nothing(bad):
+    kw = dict(learning_rate=1e-2, seed=3, **MODES["bf16 moments"])
+    params = _params()
+    opt = triton_adam.Adam(parameters=params, **kw)
+    _train(params, opt, 0, 2)
+    before = _snapshot(opt, params)
+    sd = {k: v.clone() if isinstance(v, torch.Tensor) else v
+          for k, v in opt.state_dict().items()}
+    key = next(k for k in sd if k.endswith("_step_0"))
+    sd[key] = torch.tensor([bad])
+    with pytest.raises(triton_adam.state.StateDictError, match="step count"):
+        opt.set_state_dict(sd)
+    assert _equal(before, _snapshot(opt, params))
 
 
 def test_loading_rounds_float32_moments_to_nearest_even():
@@ -350,3 +408,65 @@ def test_unsupported_param_dtypes_raise(dtype, kw):
     p = torch.nn.Parameter(torch.randn(4).to(dtype))
     with pytest.raises(TypeError):
         triton_adam.Adam(parameters=[p], **kw)
+
+
+# ------------------------------------------------------------------- streams and shard offsets
+def _sr_kernel_run(param, grad, *, stream, offset, steps=3, seed=11):
+    """``steps`` stochastic-rounding steps (bf16 param and moments) of one tensor through the
+    per-tensor launcher; returns (param, m, v) bits."""
+    from triton_adam.kernels import adam as K
+
+    n = param.numel()
+    m = torch.zeros(n, dtype=torch.bfloat16)
+    v = torch.zeros(n, dtype=torch.bfloat16)
+    hyper = torch.zeros(K.HYPER_WIDTH, dtype=torch.float32)
+    for col, value in ((K.HYPER_LR_SCALE, 1.0), (K.HYPER_BETA1, 0.9), (K.HYPER_BETA2, 0.999),
+                       (K.HYPER_EPS, 1e-8), (K.HYPER_CLIP_MIN, -float("inf")),
+                       (K.HYPER_CLIP_MAX, float("inf")), (K.HYPER_SIGN, 1.0)):
+        hyper[col] = value
+    pows = torch.zeros(2, K.POW_SLOT_WIDTH, dtype=torch.float32)
+    pows[0, K.POW_BETA1], pows[0, K.POW_BETA2] = 0.9, 0.999
+    for step in range(steps):
+        K.adam_update_(param, grad * (1 + step), m, v, None, hyper, pows[step % 2],
+                       pows[1 - step % 2], lr=1e-3, coupled_decay=False, decoupled_decay=False,
+                       stochastic_rounding=True, seed=seed, rng_stream=stream,
+                       rng_offset=offset)
+    return [_bits(t).clone() for t in (param, m, v)]
+
+
+def test_tensors_of_one_shape_draw_their_own_bits_and_shards_draw_the_whole_tensors():
+    """Two tensors with the same values, gradients and step draw different bits (their
+    streams differ), so their roundings are independent; a tensor updated as two shards, each
+    with its place in the whole (``rng_offset``), gets the bits of the whole tensor: a
+    sharded (FSDP2, dim 0) run rounds as an unsharded one."""
+    g = torch.Generator().manual_seed(5)
+    n = 2 * 1024 + 37  # two blocks and a part: the shard boundary is inside a block
+    values = torch.randn(n, generator=g).to(torch.bfloat16)
+    grad = torch.randn(n, generator=g).to(torch.bfloat16)
+    whole = _sr_kernel_run(values.clone(), grad, stream=3, offset=0)
+    other = _sr_kernel_run(values.clone(), grad, stream=4, offset=0)
+    assert not torch.equal(whole[0], other[0]) and not torch.equal(whole[2], other[2])
+    cut = 1500
+    first = _sr_kernel_run(values[:cut].clone(), grad[:cut], stream=3, offset=0)
+    second = _sr_kernel_run(values[cut:].clone(), grad[cut:], stream=3, offset=cut)
+    for w, a, b in zip(whole, first, second):
+        assert torch.equal(w, torch.cat([a, b]))
+    unplaced = _sr_kernel_run(values[cut:].clone(), grad[cut:], stream=3, offset=0)
+    assert not torch.equal(unplaced[0], second[0])
+
+
+@pytest.mark.parametrize("bad", [dict(rng_stream=-1), dict(rng_stream=2 ** 32),
+                                 dict(rng_offset=-5), dict(rng_stream=1.0),
+                                 dict(rng_offset=True)])
+def test_launcher_rejects_bad_streams_and_offsets(bad):
+    from triton_adam.kernels import adam as K
+
+    p = torch.ones(4, dtype=torch.bfloat16)
+    kw = {"rng_stream": 0, "rng_offset": 0, **bad}
+    with pytest.raises(ValueError, match="rng_stream"):
+        K.adam_update_(p, p.clone(), torch.zeros(4, dtype=torch.bfloat16),
+                       torch.zeros(4, dtype=torch.bfloat16), None,
+                       torch.zeros(K.HYPER_WIDTH), torch.zeros(K.POW_SLOT_WIDTH),
+                       torch.zeros(K.POW_SLOT_WIDTH), lr=1e-3, coupled_decay=False,
+                       decoupled_decay=False, stochastic_rounding=True, **kw)
+    assert torch.equal(p, torch.ones(4, dtype=torch.bfloat16))

@@ -71,6 +71,11 @@ class MemberConfig:
     # .norm_reduction); always True in one process and under DDP. The member is still
     # updated and scaled either way.
     norm_owner: bool = True
+    # The random stream of stochastic rounding (kernels/common.py, ``philox_bits``): the
+    # parameter's index in its optimizer, and its local tensor's first element in the whole
+    # tensor (an FSDP2 shard's; 0 otherwise), so every element has its own bits.
+    rng_stream: int = 0
+    rng_offset: int = 0
 
 
 @dataclass
@@ -195,6 +200,8 @@ class Bucket:
         self._host_table[:, K.COL_NUMEL] = self.numels
         self._host_table[:, K.COL_STATE_OFFSET] = self.offsets
         self._host_table[:, K.COL_CLIP_INDEX] = self.clip_index
+        self._host_table[:, K.COL_RNG_STREAM] = [c.rng_stream for c in configs]
+        self._host_table[:, K.COL_RNG_OFFSET] = [c.rng_offset for c in configs]
         self._built_grads: list[weakref.ref | None] = [None] * n
         self._built_gptr = [0] * n
         self._built_pptr = [-1] * n
@@ -641,7 +648,8 @@ class Bucket:
                 master=self.master_state(j), grad_scale=grad_scale, found_inf=found_inf,
                 maximize=self.maximize,
                 bias_from_step=self.bias_from_step,
-                stochastic_rounding=self.stochastic_rounding, seed=self.seed)
+                stochastic_rounding=self.stochastic_rounding, seed=self.seed,
+                rng_stream=self.configs[j].rng_stream, rng_offset=self.configs[j].rng_offset)
             self._advance_slot(j)
             self._remember(j, g)
         for j, g in plan.sparse:

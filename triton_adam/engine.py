@@ -275,6 +275,12 @@ class Engine:
                                 "bfloat16 parameters (use bfloat16, or master weights)")
         self._check_no_shared_memory()
 
+    @property
+    def draws_random_bits(self) -> bool:
+        """Whether steps round stochastically (bf16 moments, or ``stochastic_rounding``):
+        then each parameter's step count keys its random stream and is part of its state."""
+        return self.moment_dtype != torch.float32 or self.stochastic_rounding
+
     def add_params(self, params: Sequence[torch.Tensor], lr_slots: int | None = None) -> None:
         """Take more parameters (indices ``len(self.params)`` on, in order), e.g. a new
         parameter group; ``lr_slots``: the new size of the device learning-rate vector (its
@@ -394,7 +400,8 @@ class Engine:
             clip_index = self._clip_entry(config.clip)
         return MemberConfig(hyper=row, tensor_hypers=tensors, what=config.label,
                             clip_index=clip_index, clip_value=clip_value, lazy=config.lazy,
-                            norm_owner=self._norm_rule.owners[index])
+                            norm_owner=self._norm_rule.owners[index], rng_stream=index,
+                            rng_offset=D.global_offset(param))
 
     def reconfigure(self, indices: Iterable[int]) -> None:
         """Ask ``configure`` again for ``params[indices]`` (their options changed): the new
