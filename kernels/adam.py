@@ -200,9 +200,6 @@ def _adam_block(
     ``rng_offset``) are drawn only when used.
     """
     MOMENTS_BF16: tl.constexpr = exp_avg_ptr.dtype.element_ty == tl.bfloat16
-    if MOMENTS_BF16 or STOCHASTIC_ROUNDING:
-        r_param, r_m, r_v, r_vmax = philox_bits(rng_seed, rng_step, offs + rng_offset,
-                                                rng_stream)
     if MASTER_REMAINDER:
         # The fp32 master as a bf16 param and its int16 remainder (kernels/common.py): the
         # same fp32 value as MASTER reads, from 4 bytes instead of 4 + the param written.
@@ -226,6 +223,11 @@ def _adam_block(
         vmax = v  # unused
     p, m, v, vmax = adam_math(p, g, m, v, vmax, lr_t, step_size, inv_sqrt_bc2, beta1, beta2,
                               eps, l2, l1, wd, AMSGRAD, COUPLED_DECAY, DECOUPLED_DECAY)
+    if MOMENTS_BF16 or STOCHASTIC_ROUNDING:
+        # Drawn after the math, not before: four live random words across the division and
+        # square root made the fp32 + bf16-moments kernel spill on sm_80.
+        r_param, r_m, r_v, r_vmax = philox_bits(rng_seed, rng_step, offs + rng_offset,
+                                                rng_stream)
     if MOMENTS_BF16:
         # Unbiased rounding: round-to-nearest would stall a moment whose per-step change is
         # below half a bf16 ulp (v with beta2 = 0.999 moves by 0.1% a step).
@@ -274,9 +276,9 @@ def _adam_kernel(
     lr: tl.float64,  # the step's learning rate, exact in float64 (per step: never constexpr)
     lr_ptr,  # *f64: the learning rate in device memory (LR_ON_DEVICE only, else any pointer)
     n_elements,  # number of elements of the range
-    rng_seed,  # int in [0, 2^63): the Philox key of stochastic rounding (fixed per optimizer)
-    rng_stream,  # int in [0, 2^32): the tensor's random stream (its index in the optimizer)
-    rng_offset,  # int >= 0: the tensor's first element in its whole tensor (an FSDP2 shard)
+    rng_seed: tl.int64,  # in [0, 2^63): the Philox key of stochastic rounding (per optimizer)
+    rng_stream: tl.int64,  # in [0, 2^32): the tensor's random stream (its optimizer index)
+    rng_offset: tl.int64,  # >= 0: the tensor's first element in its whole tensor (FSDP2)
     BLOCK: tl.constexpr,  # elements per program
     AMSGRAD: tl.constexpr,  # keep and use moment2_max
     COUPLED_DECAY: tl.constexpr,  # add l2 * p + l1 * sign(p) to the gradient
@@ -353,7 +355,7 @@ def _adam_tensor_list_kernel(
     lr_ptr,  # *f64: the learning rate in device memory (LR_ON_DEVICE only, else any pointer)
     n_tensors,  # rows of the tensor table (every tensor of the bucket, active or not)
     n_chunks,  # rows of the chunk table: programs [0, n_chunks) update elements, the rest pows
-    rng_seed,  # int in [0, 2^63): the Philox key of stochastic rounding (as _adam_kernel)
+    rng_seed: tl.int64,  # in [0, 2^63): the Philox key of stochastic rounding
     PARAM_DTYPE: tl.constexpr,  # element type behind the param addresses
     GRAD_DTYPE: tl.constexpr,  # element type behind the grad addresses
     ALIGNED: tl.constexpr,  # 16-byte access for rows whose param and grad addresses allow it

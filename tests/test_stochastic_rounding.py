@@ -470,3 +470,17 @@ def test_launcher_rejects_bad_streams_and_offsets(bad):
                        torch.zeros(K.POW_SLOT_WIDTH), lr=1e-3, coupled_decay=False,
                        decoupled_decay=False, stochastic_rounding=True, **kw)
     assert torch.equal(p, torch.ones(4, dtype=torch.bfloat16))
+
+
+def test_no_master_weight_advice_for_stochastically_rounded_params():
+    """Paddle's warning (use multi_precision) is for round-to-nearest low-precision params;
+    stochastic rounding is the chosen answer to it, so it stays silent there only."""
+    import warnings
+
+    for kw, expect in ((dict(stochastic_rounding=True), False), (dict(), True)):
+        p = torch.nn.Parameter(torch.ones(3, dtype=torch.bfloat16))
+        p.grad = torch.ones(3, dtype=torch.bfloat16)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            triton_adam.Adam(learning_rate=1e-3, parameters=[p], **kw).step()
+        assert any("Accumulating with FP16 or BF16" in str(w.message) for w in caught) == expect

@@ -279,8 +279,10 @@ class _AdamBase:
         Paddle's rules: attribute and group precedence, clipping per group)."""
         param = self._parameter_list[index]
         if param.dtype in LOW_PRECISION and not self._multi_precision \
-                and not self._warned_low_precision:
-            # Paddle's warning, once per optimizer (Paddle: once per parameter).
+                and not self._warned_low_precision and not (
+                    self._engine.stochastic_rounding and param.dtype == torch.bfloat16):
+            # Paddle's warning, once per optimizer (Paddle: once per parameter); not for
+            # stochastically rounded bf16 params, the extension that answers its concern.
             warnings.warn("Accumulating with FP16 or BF16 in optimizer can lead to poor "
                           "accuracy or slow convergence.Consider using "
                           "multi_precision=True option of the Adam optimizer.", stacklevel=5)
