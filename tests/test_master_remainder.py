@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import triton
 
 import triton_adam
 from triton_adam.kernels import adam as K
