@@ -29,6 +29,16 @@ Design notes, for the issues that build on this kernel:
   per-tensor pow buffer between steps, which it can do without reading the device.
 * Master weights, a gradient scale (clipping, AMP unscaling) and a skip-on-overflow flag are
   more loads and constexpr switches in ``_adam_block``/the kernel, not a second kernel.
+  bf16 params with fp32 masters move g 2 + master 4 + m, v 8 in and p 2 + master 4 + m, v 8
+  out (28 B); with ``MASTER_REMAINDER`` the master is the bf16 param plus an int16 remainder
+  (``kernels/common.py``: ``join_master`` / ``split_master``), read and written as the pair:
+  g 2 + p 2 + rem 2 + m, v 8 in, p 2 + rem 2 + m, v 8 out (26 B), the same master bits.
+* bf16 moments (the moment buffers' dtype is bf16; the compute dtype, float32, is the hyper
+  table's) are computed in fp32 and stored rounded stochastically, and ``STOCHASTIC_ROUNDING``
+  writes a bf16 param (no master) the same way (``kernels/common.py``: ``philox_bits``,
+  ``round_stochastic_bf16``). The random bits are keyed by the launch's ``rng_seed``, the
+  tensor's step count (its pow slot's ``POW_STEP``, read on the device) and the element's
+  offset within its tensor: the dense and the multi-tensor kernels draw the same bits.
 * Boundaries: this module holds the dense and multi-tensor kernels and their launchers. The
   math, the gradient transform and the pow advance are ``kernels/update.py``'s (shared with
   the sparse-row kernel), the table layouts, dtype maps and IEEE helpers
@@ -55,7 +65,11 @@ from .common import (  # the layout and configuration are re-exported: the engin
     COL_ACTIVE,
     COL_ACTIVE_C,
     COL_CLIP_INDEX,
+    COL_RNG_OFFSET,
+    COL_RNG_STREAM,
     COL_CLIP_INDEX_C,
+    COL_RNG_OFFSET_C,
+    COL_RNG_STREAM_C,
     COL_GRAD_ADDR,
     COL_GRAD_ADDR_C,
     COL_NUMEL,
@@ -97,7 +111,11 @@ from .common import (  # the layout and configuration are re-exported: the engin
     compute_dtype_for,
     device_guard,
     grad_dtype_allowed,
+    join_master,
+    philox_bits,
+    round_stochastic_bf16,
     round_to,
+    split_master,
 )
 from .update import (
     adam_math,
@@ -111,13 +129,14 @@ from .update import (
 
 __all__ = [
     "adam_update_", "adam_update_tensor_list_", "kernel_constexprs", "tensor_list_constexprs",
-    "compute_dtype_for", "grad_dtype_allowed", "POW_BLOCK",
+    "compute_dtype_for", "grad_dtype_allowed", "POW_BLOCK", "SEED_LIMIT",
     # Re-exported from kernels/common.py (the launch configuration and table layouts):
     "BLOCK_SIZE", "NUM_WARPS", "CHUNK_SIZE", "FP_FUSION", "LOW_PRECISION", "HYPER_LR_SCALE",
     "HYPER_BETA1", "HYPER_BETA2", "HYPER_EPS", "HYPER_L2", "HYPER_L1", "HYPER_WD",
     "HYPER_CLIP_MIN", "HYPER_CLIP_MAX", "HYPER_SIGN", "HYPER_LR_INDEX", "HYPER_WIDTH",
     "POW_BETA1", "POW_BETA2", "POW_STEP", "POW_SLOT_WIDTH", "TABLE_WIDTH", "COL_PARAM_ADDR", "COL_GRAD_ADDR", "COL_NUMEL",
-    "COL_STATE_OFFSET", "COL_ACTIVE", "COL_CLIP_INDEX", "STATE_ALIGN",
+    "COL_STATE_OFFSET", "COL_ACTIVE", "COL_CLIP_INDEX", "COL_RNG_STREAM", "COL_RNG_OFFSET",
+    "STATE_ALIGN",
 ]
 
 # Tensors whose pows one program advances in the pow pass of the multi-tensor kernel.
@@ -153,23 +172,40 @@ def _adam_block(
     clip_hi,
     inv_grad_scale,
     sign,
+    rng_seed,
+    rng_step,
+    rng_stream,
+    rng_offset,
     AMSGRAD: tl.constexpr,
     COUPLED_DECAY: tl.constexpr,
     DECOUPLED_DECAY: tl.constexpr,
     CLIP_SCALE: tl.constexpr,
     CLIP_VALUE: tl.constexpr,
     MASTER: tl.constexpr,
+    MASTER_REMAINDER: tl.constexpr,
     UNSCALE: tl.constexpr,
     MAXIMIZE: tl.constexpr,
+    STOCHASTIC_ROUNDING: tl.constexpr,
+    compute_dtype: tl.constexpr,
 ):
     """Loads, updates and stores one block; ``mask`` is None on full blocks (vector access).
 
     Gradient clipping happens here, as the gradient is read (Paddle clips before it adds the
     regularizer): ``g * g_scale`` (a global or per-tensor norm clip, computed on the device)
     and the clamp to ``[clip_lo, clip_hi]`` (``ClipGradByValue``; NaN stays NaN).
+
+    bf16 moment buffers are widened to ``compute_dtype`` as they are read and rounded
+    stochastically as they are written; ``STOCHASTIC_ROUNDING`` writes the (bf16) param so.
+    The random bits (``rng_seed``, ``rng_step``, ``rng_stream``, the offsets plus
+    ``rng_offset``) are drawn only when used.
     """
-    compute_dtype = exp_avg_ptr.dtype.element_ty
-    if MASTER:
+    MOMENTS_BF16: tl.constexpr = exp_avg_ptr.dtype.element_ty == tl.bfloat16
+    if MASTER_REMAINDER:
+        # The fp32 master as a bf16 param and its int16 remainder (kernels/common.py): the
+        # same fp32 value as MASTER reads, from 4 bytes instead of 4 + the param written.
+        p = join_master(tl.load(param_ptr + offs, mask=mask), tl.load(master_ptr + offs,
+                                                                       mask=mask))
+    elif MASTER:
         # fp32 master weights of fp16/bf16 params: the update reads the master, never the
         # rounded param, and writes both.
         p = tl.load(master_ptr + offs, mask=mask)
@@ -179,40 +215,70 @@ def _adam_block(
     # AMP unscale, then the norm clip's scale, then the value clip (kernels/update.py).
     g = prepare_grad(g, inv_grad_scale, g_scale, clip_lo, clip_hi, sign, UNSCALE, CLIP_SCALE,
                      CLIP_VALUE, MAXIMIZE)
-    m = tl.load(exp_avg_ptr + offs, mask=mask)
-    v = tl.load(exp_avg_sq_ptr + offs, mask=mask)
+    m = tl.load(exp_avg_ptr + offs, mask=mask).to(compute_dtype)
+    v = tl.load(exp_avg_sq_ptr + offs, mask=mask).to(compute_dtype)
     if AMSGRAD:
-        vmax = tl.load(max_exp_avg_sq_ptr + offs, mask=mask)
+        vmax = tl.load(max_exp_avg_sq_ptr + offs, mask=mask).to(compute_dtype)
     else:
         vmax = v  # unused
     p, m, v, vmax = adam_math(p, g, m, v, vmax, lr_t, step_size, inv_sqrt_bc2, beta1, beta2,
                               eps, l2, l1, wd, AMSGRAD, COUPLED_DECAY, DECOUPLED_DECAY)
-    if AMSGRAD:
-        tl.store(max_exp_avg_sq_ptr + offs, vmax, mask=mask)
-    tl.store(exp_avg_ptr + offs, m, mask=mask)
-    tl.store(exp_avg_sq_ptr + offs, v, mask=mask)
-    if MASTER:
-        tl.store(master_ptr + offs, p, mask=mask)
-    tl.store(param_ptr + offs, round_to(p, param_ptr.dtype.element_ty), mask=mask)
+    if MOMENTS_BF16 or STOCHASTIC_ROUNDING:
+        # Drawn after the math, not before: four live random words across the division and
+        # square root made the fp32 + bf16-moments kernel spill on sm_80.
+        r_param, r_m, r_v, r_vmax = philox_bits(rng_seed, rng_step, offs + rng_offset,
+                                                rng_stream)
+    if MOMENTS_BF16:
+        # Unbiased rounding: round-to-nearest would stall a moment whose per-step change is
+        # below half a bf16 ulp (v with beta2 = 0.999 moves by 0.1% a step).
+        if AMSGRAD:
+            tl.store(max_exp_avg_sq_ptr + offs, round_stochastic_bf16(vmax, r_vmax), mask=mask)
+        tl.store(exp_avg_ptr + offs, round_stochastic_bf16(m, r_m), mask=mask)
+        tl.store(exp_avg_sq_ptr + offs, round_stochastic_bf16(v, r_v), mask=mask)
+    else:
+        if AMSGRAD:
+            tl.store(max_exp_avg_sq_ptr + offs, vmax, mask=mask)
+        tl.store(exp_avg_ptr + offs, m, mask=mask)
+        tl.store(exp_avg_sq_ptr + offs, v, mask=mask)
+    if MASTER_REMAINDER:
+        # The param rounded to nearest with ties away from zero (not to even: see
+        # kernels/common.py), and the remainder that rebuilds the master exactly.
+        p_out, rem = split_master(p)
+        tl.store(master_ptr + offs, rem, mask=mask)
+        tl.store(param_ptr + offs, p_out, mask=mask)
+    elif STOCHASTIC_ROUNDING:
+        # A bf16 param without master weights: unbiased rounding, so updates below half an
+        # ulp still move it in expectation (round-to-nearest drops them every step).
+        tl.store(param_ptr + offs, round_stochastic_bf16(p, r_param), mask=mask)
+    else:
+        if MASTER:
+            tl.store(master_ptr + offs, p, mask=mask)
+        tl.store(param_ptr + offs, round_to(p, param_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+# Per-step and per-tensor ints are never specialized on (a seed or a tensor index that
+# happens to be 1 or a multiple of 16 must not compile another variant).
+@triton.jit(do_not_specialize=["rng_seed", "rng_stream", "rng_offset"])
 def _adam_kernel(
     param_ptr,  # *P: params, updated in place
     grad_ptr,  # *G: gradients (read only)
-    exp_avg_ptr,  # *C: moment1, updated in place; its dtype is the compute dtype C
-    exp_avg_sq_ptr,  # *C: moment2, updated in place
-    max_exp_avg_sq_ptr,  # *C: moment2_max, updated in place (AMSGRAD only, else any pointer)
-    hyper_ptr,  # *C: the tensor's hyper-parameter row (HYPER_* columns)
+    exp_avg_ptr,  # *M: moment1, updated in place: M is C, or bf16 (stochastically rounded)
+    exp_avg_sq_ptr,  # *M: moment2, updated in place
+    max_exp_avg_sq_ptr,  # *M: moment2_max, updated in place (AMSGRAD only, else any pointer)
+    hyper_ptr,  # *C: the tensor's hyper-parameter row (HYPER_* columns); its dtype is C
     pows_in_ptr,  # *C: (beta1_pow, beta2_pow) used by this step
     pows_out_ptr,  # *C: receives the advanced pows; never the same memory as pows_in_ptr
     clip_scale_ptr,  # *S: the scale that multiplies the gradient (CLIP_SCALE only)
-    master_ptr,  # *fp32: master weights of fp16/bf16 params (MASTER only, else any pointer)
+    master_ptr,  # *fp32: master weights of fp16/bf16 params (MASTER only, else any pointer);
+    #              *i16: the master's remainders beside bf16 params (MASTER_REMAINDER)
     grad_scale_ptr,  # *f32: AMP loss scale the gradient is divided by (UNSCALE only)
     found_inf_ptr,  # *f32: nonzero = skip this step entirely (SKIP_ON_INF only)
     lr: tl.float64,  # the step's learning rate, exact in float64 (per step: never constexpr)
     lr_ptr,  # *f64: the learning rate in device memory (LR_ON_DEVICE only, else any pointer)
     n_elements,  # number of elements of the range
+    rng_seed: tl.int64,  # in [0, 2^63): the Philox key of stochastic rounding (per optimizer)
+    rng_stream: tl.int64,  # in [0, 2^32): the tensor's random stream (its optimizer index)
+    rng_offset: tl.int64,  # >= 0: the tensor's first element in its whole tensor (FSDP2)
     BLOCK: tl.constexpr,  # elements per program
     AMSGRAD: tl.constexpr,  # keep and use moment2_max
     COUPLED_DECAY: tl.constexpr,  # add l2 * p + l1 * sign(p) to the gradient
@@ -220,14 +286,18 @@ def _adam_kernel(
     CLIP_SCALE: tl.constexpr,  # multiply the gradient by *clip_scale_ptr (norm clipping)
     CLIP_VALUE: tl.constexpr,  # clamp the gradient to the hyper row's clip bounds
     MASTER: tl.constexpr,  # read/write fp32 master weights, write the param rounded
+    MASTER_REMAINDER: tl.constexpr,  # MASTER kept as bf16 param + int16 remainder (master_ptr)
     UNSCALE: tl.constexpr,  # divide the gradient by *grad_scale_ptr (AMP)
     SKIP_ON_INF: tl.constexpr,  # change nothing when *found_inf_ptr is set (AMP)
     LR_ON_DEVICE: tl.constexpr,  # read the learning rate at lr_ptr (capturable steps)
     MAXIMIZE: tl.constexpr,  # multiply the gradient by the hyper row's sign (maximize)
     BIAS_FROM_STEP: tl.constexpr,  # bias corrections from the step count (torch), not the pows
+    STOCHASTIC_ROUNDING: tl.constexpr,  # write the bf16 param rounded stochastically
 ):
-    compute_dtype = exp_avg_ptr.dtype.element_ty
+    compute_dtype = hyper_ptr.dtype.element_ty
     pid = tl.program_id(0).to(tl.int64)  # int64: ranges beyond 2^31 elements exist
+    # The random stream's step: the steps this tensor has applied, from the device.
+    rng_step = tl.load(pows_in_ptr + POW_STEP_C).to(tl.int32)
     block_start = pid * BLOCK
     offs = block_start + tl.arange(0, BLOCK)
     lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd = step_scalars(
@@ -247,15 +317,17 @@ def _adam_kernel(
         # Full block: unmasked, so the compiler keeps 16-byte vector loads and stores.
         _adam_block(param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, max_exp_avg_sq_ptr,
                     master_ptr, offs, None, lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps,
-                    l2, l1, wd, g_scale, clip_lo, clip_hi, inv_grad_scale, sign, AMSGRAD,
-                    COUPLED_DECAY, DECOUPLED_DECAY, CLIP_SCALE, CLIP_VALUE, MASTER, UNSCALE,
-                    MAXIMIZE)
+                    l2, l1, wd, g_scale, clip_lo, clip_hi, inv_grad_scale, sign, rng_seed,
+                    rng_step, rng_stream, rng_offset, AMSGRAD, COUPLED_DECAY, DECOUPLED_DECAY,
+                    CLIP_SCALE, CLIP_VALUE, MASTER, MASTER_REMAINDER, UNSCALE, MAXIMIZE,
+                    STOCHASTIC_ROUNDING, compute_dtype)
     else:
         _adam_block(param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, max_exp_avg_sq_ptr,
                     master_ptr, offs, offs < n_elements, lr_t, step_size, inv_sqrt_bc2, beta1,
                     beta2, eps, l2, l1, wd, g_scale, clip_lo, clip_hi, inv_grad_scale, sign,
-                    AMSGRAD, COUPLED_DECAY, DECOUPLED_DECAY, CLIP_SCALE, CLIP_VALUE, MASTER,
-                    UNSCALE, MAXIMIZE)
+                    rng_seed, rng_step, rng_stream, rng_offset, AMSGRAD, COUPLED_DECAY,
+                    DECOUPLED_DECAY, CLIP_SCALE, CLIP_VALUE, MASTER, MASTER_REMAINDER, UNSCALE,
+                    MAXIMIZE, STOCHASTIC_ROUNDING, compute_dtype)
 
     if pid == 0:
         # Re-read (from cache) rather than keep the pows and betas live across the block body
@@ -264,24 +336,26 @@ def _adam_kernel(
         advance_pows(hyper_ptr, pows_in_ptr, pows_out_ptr, found_inf_ptr, SKIP_ON_INF)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["rng_seed"])
 def _adam_tensor_list_kernel(
     tensor_table_ptr,  # *i64 [n_tensors, TABLE_WIDTH]: addresses, numel, state offset, active
     chunk_table_ptr,  # *i32 [n_chunks, 2]: (tensor index, chunk index within the tensor)
-    exp_avg_ptr,  # *C: the bucket's flat moment1 buffer; its dtype is the compute dtype C
-    exp_avg_sq_ptr,  # *C: the bucket's flat moment2 buffer
-    max_exp_avg_sq_ptr,  # *C: the bucket's flat moment2_max buffer (AMSGRAD only)
-    hyper_ptr,  # *C [n_tensors, HYPER_WIDTH]: per-tensor hyper-parameter rows
+    exp_avg_ptr,  # *M: the bucket's flat moment1 buffer: M is C, or bf16 (rounded stochastically)
+    exp_avg_sq_ptr,  # *M: the bucket's flat moment2 buffer
+    max_exp_avg_sq_ptr,  # *M: the bucket's flat moment2_max buffer (AMSGRAD only)
+    hyper_ptr,  # *C [n_tensors, HYPER_WIDTH]: per-tensor hyper-parameter rows; dtype C
     pows_in_ptr,  # *C [n_tensors, POW_SLOT_WIDTH]: the pows this step uses
     pows_out_ptr,  # *C [n_tensors, POW_SLOT_WIDTH]: receives the pows of the next step
     clip_scales_ptr,  # *S: clip scales, indexed by the tensor table's COL_CLIP_INDEX
-    master_ptr,  # *fp32: the bucket's flat master-weight buffer (MASTER only)
+    master_ptr,  # *fp32: the bucket's flat master-weight buffer (MASTER only);
+    #              *i16: its flat remainder buffer (MASTER_REMAINDER)
     grad_scale_ptr,  # *f32: AMP loss scale the gradients are divided by (UNSCALE only)
     found_inf_ptr,  # *f32: nonzero = skip this step entirely (SKIP_ON_INF only)
     lr: tl.float64,  # the step's learning rate (per step: never constexpr)
     lr_ptr,  # *f64: the learning rate in device memory (LR_ON_DEVICE only, else any pointer)
     n_tensors,  # rows of the tensor table (every tensor of the bucket, active or not)
     n_chunks,  # rows of the chunk table: programs [0, n_chunks) update elements, the rest pows
+    rng_seed: tl.int64,  # in [0, 2^63): the Philox key of stochastic rounding
     PARAM_DTYPE: tl.constexpr,  # element type behind the param addresses
     GRAD_DTYPE: tl.constexpr,  # element type behind the grad addresses
     ALIGNED: tl.constexpr,  # 16-byte access for rows whose param and grad addresses allow it
@@ -293,13 +367,15 @@ def _adam_tensor_list_kernel(
     CLIP_SCALE: tl.constexpr,
     CLIP_VALUE: tl.constexpr,
     MASTER: tl.constexpr,
+    MASTER_REMAINDER: tl.constexpr,  # the master as bf16 param + int16 remainder
     UNSCALE: tl.constexpr,
     SKIP_ON_INF: tl.constexpr,
     LR_ON_DEVICE: tl.constexpr,  # read the learning rate at lr_ptr (capturable steps)
     MAXIMIZE: tl.constexpr,  # multiply the gradient by the hyper row's sign (maximize)
     BIAS_FROM_STEP: tl.constexpr,  # bias corrections from the step count (torch), not the pows
+    STOCHASTIC_ROUNDING: tl.constexpr,  # write the bf16 params rounded stochastically
 ):
-    compute_dtype = exp_avg_ptr.dtype.element_ty
+    compute_dtype = hyper_ptr.dtype.element_ty
     pid = tl.program_id(0).to(tl.int64)  # int64: chunk-table offsets beyond 2^31 exist
     inv_grad_scale, skip = amp_scalars(grad_scale_ptr, found_inf_ptr, compute_dtype, UNSCALE,
                                         SKIP_ON_INF)
@@ -354,8 +430,12 @@ def _adam_tensor_list_kernel(
             clip_scales_ptr + tl.load(row + COL_CLIP_INDEX_C), hyper_ptr + t * HYPER_WIDTH_C,
             compute_dtype, CLIP_SCALE, CLIP_VALUE)
         sign = grad_sign(hyper_ptr + t * HYPER_WIDTH_C, compute_dtype, MAXIMIZE)
+        # The random stream's step: this tensor's step count (as _adam_kernel reads it).
+        rng_step = tl.load(pows_in_ptr + t * POW_SLOT_WIDTH_C + POW_STEP_C).to(tl.int32)
+        rng_stream = tl.load(row + COL_RNG_STREAM_C)
+        rng_offset = tl.load(row + COL_RNG_OFFSET_C)
 
-        block_start = chunk * BLOCK  # int64
+        block_start = chunk * BLOCK  # int64 offsets within the tensor: the random counter
         offs = block_start + tl.arange(0, BLOCK)
         m_ptr = exp_avg_ptr + state_offset
         v_ptr = exp_avg_sq_ptr + state_offset
@@ -375,21 +455,25 @@ def _adam_tensor_list_kernel(
                 grad_ptr = tl.multiple_of(grad_ptr, 16)
             _adam_block(param_ptr, grad_ptr, m_ptr, v_ptr, vmax_ptr, w_ptr, offs, None, lr_t,
                         step_size, inv_sqrt_bc2, beta1, beta2, eps, l2, l1, wd, g_scale,
-                        clip_lo, clip_hi, inv_grad_scale, sign, AMSGRAD, COUPLED_DECAY,
-                        DECOUPLED_DECAY, CLIP_SCALE, CLIP_VALUE, MASTER, UNSCALE, MAXIMIZE)
+                        clip_lo, clip_hi, inv_grad_scale, sign, rng_seed, rng_step, rng_stream,
+                        rng_offset, AMSGRAD, COUPLED_DECAY, DECOUPLED_DECAY, CLIP_SCALE,
+                        CLIP_VALUE, MASTER, MASTER_REMAINDER, UNSCALE, MAXIMIZE,
+                        STOCHASTIC_ROUNDING, compute_dtype)
         else:
             _adam_block(param_ptr, grad_ptr, m_ptr, v_ptr, vmax_ptr, w_ptr, offs,
                         offs < n_elements, lr_t, step_size, inv_sqrt_bc2, beta1, beta2, eps,
-                        l2, l1, wd, g_scale, clip_lo, clip_hi, inv_grad_scale, sign, AMSGRAD,
-                        COUPLED_DECAY, DECOUPLED_DECAY, CLIP_SCALE, CLIP_VALUE, MASTER,
-                        UNSCALE, MAXIMIZE)
+                        l2, l1, wd, g_scale, clip_lo, clip_hi, inv_grad_scale, sign, rng_seed,
+                        rng_step, rng_stream, rng_offset, AMSGRAD, COUPLED_DECAY,
+                        DECOUPLED_DECAY, CLIP_SCALE, CLIP_VALUE, MASTER, MASTER_REMAINDER,
+                        UNSCALE, MAXIMIZE, STOCHASTIC_ROUNDING, compute_dtype)
 
 
 def kernel_constexprs(*, amsgrad: bool, coupled_decay: bool, decoupled_decay: bool,
                       clip_scale: bool = False, clip_value: bool = False, master: bool = False,
                       unscale: bool = False, skip_on_inf: bool = False,
                       lr_on_device: bool = False, maximize: bool = False,
-                      bias_from_step: bool = False) -> dict:
+                      bias_from_step: bool = False, master_remainder: bool = False,
+                      stochastic_rounding: bool = False) -> dict:
     """The constexpr arguments of one specialization (shared with the compile check)."""
     return dict(
         BLOCK=BLOCK_SIZE,
@@ -398,12 +482,14 @@ def kernel_constexprs(*, amsgrad: bool, coupled_decay: bool, decoupled_decay: bo
         DECOUPLED_DECAY=bool(decoupled_decay),
         CLIP_SCALE=bool(clip_scale),
         CLIP_VALUE=bool(clip_value),
-        MASTER=bool(master),
+        MASTER=bool(master or master_remainder),
+        MASTER_REMAINDER=bool(master_remainder),
         UNSCALE=bool(unscale),
         SKIP_ON_INF=bool(skip_on_inf),
         LR_ON_DEVICE=bool(lr_on_device),
         MAXIMIZE=bool(maximize),
         BIAS_FROM_STEP=bool(bias_from_step),
+        STOCHASTIC_ROUNDING=bool(stochastic_rounding),
     )
 
 
@@ -414,6 +500,40 @@ def _check_amp(grad_scale: torch.Tensor | None, found_inf: torch.Tensor | None,
             _check(t.numel() >= 1 and t.device == device and t.is_floating_point(), lambda:
                    f"{name} must be a floating tensor with one element on {device}, got "
                    f"{t.dtype} {tuple(t.shape)} on {t.device}")
+
+
+def _master_fits(param_dtype: torch.dtype, master_dtype: torch.dtype) -> bool:
+    """fp32 masters go with fp16/bf16 params; int16 remainders with bf16 params only (an
+    fp16 param and 16 bits cannot hold every fp32 value: kernels/common.py)."""
+    return ((param_dtype in LOW_PRECISION and master_dtype == torch.float32)
+            or (param_dtype == torch.bfloat16 and master_dtype == torch.int16))
+
+
+def _remainder(master: torch.Tensor | None) -> bool:
+    """Whether ``master`` holds remainders (int16) rather than fp32 master weights."""
+    return master is not None and master.dtype == torch.int16
+
+
+_MOMENT_NAMES = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+SEED_LIMIT = 2 ** 63  # seeds are ints in [0, SEED_LIMIT): Philox's 64-bit key, signed-safe
+
+
+def _check_moment_dtype(moment_dtype: torch.dtype, cdtype: torch.dtype) -> None:
+    """Moments are in the compute dtype, or bf16 (stochastically rounded) for fp32 compute."""
+    _check(moment_dtype == cdtype or (moment_dtype == torch.bfloat16
+                                      and cdtype == torch.float32), lambda:
+           f"moment dtype {moment_dtype} is neither the compute dtype {cdtype} nor bfloat16 "
+           "(bf16 moments need float32 compute: float32, bfloat16 or float16 params)")
+
+
+def _check_rounding(stochastic_rounding: bool, param_dtype: torch.dtype,
+                    master: torch.Tensor | None, seed: object) -> None:
+    """Stochastic rounding writes bf16 params without masters; seeds are in range."""
+    _check(not stochastic_rounding or (param_dtype == torch.bfloat16 and master is None),
+           lambda: "stochastic_rounding writes bfloat16 params without master weights, got "
+           f"{param_dtype} params{' with master weights' if master is not None else ''}")
+    _check(isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < SEED_LIMIT,
+           lambda: f"seed must be an int in [0, 2**63), got {seed!r}")
 
 
 def _check_grad_dtype(param_dtype: torch.dtype, grad_dtype: torch.dtype) -> None:
@@ -448,6 +568,10 @@ def adam_update_(
     found_inf: torch.Tensor | None = None,
     maximize: bool = False,
     bias_from_step: bool = False,
+    stochastic_rounding: bool = False,
+    seed: int = 0,
+    rng_stream: int = 0,
+    rng_offset: int = 0,
 ) -> None:
     """Apply one Adam step to ``param`` in place, with one kernel launch.
 
@@ -457,8 +581,10 @@ def adam_update_(
         grad: contiguous gradient of the same shape and device; the param's dtype, or float32
             for fp16/bf16 params.
         exp_avg, exp_avg_sq: moments, contiguous, same numel, in the compute dtype
-            (``compute_dtype_for(param.dtype)``); updated in place.
-        max_exp_avg_sq: moment2_max for AMSGrad (updated in place), or None.
+            (``compute_dtype_for(param.dtype)``), or all in bfloat16 where that is float32
+            (computed in float32, stored rounded stochastically); updated in place.
+        max_exp_avg_sq: moment2_max for AMSGrad (updated in place, the moments' dtype), or
+            None.
         hyper: ``HYPER_WIDTH`` values in the compute dtype (the ``HYPER_*`` columns).
         pows_in: at least 2 values ``(beta1_pow, beta2_pow)`` of this step, compute dtype.
         pows_out: receives the advanced pows; must not overlap ``pows_in``.
@@ -471,7 +597,9 @@ def adam_update_(
             the gradient as it is read (a norm clip's scale, computed on the device), or None.
         clip_value: clamp the gradient to ``hyper[HYPER_CLIP_MIN], hyper[HYPER_CLIP_MAX]``.
         master: float32 master weights of an fp16/bf16 param (same numel): the update reads
-            and writes them and writes the param rounded; or None.
+            and writes them and writes the param rounded; or the int16 remainders of a
+            bfloat16 param's masters (``kernels/common.py``: the param and its remainder are
+            the master, read and written as a pair); or None.
         grad_scale: AMP's loss scale (1 element, device): the gradient is divided by it.
         found_inf: AMP's overflow flag (1 element, device): when nonzero nothing changes
             (param, master, moments; the pows are copied, not advanced).
@@ -480,6 +608,16 @@ def adam_update_(
         bias_from_step: bias corrections ``1 - beta ** t`` from the current betas and the
             step number ``t = pows_in[POW_STEP] + 1`` (torch's), instead of the stored pows
             (Paddle's); the pows still advance.
+        stochastic_rounding: write a bfloat16 param (no master) rounded stochastically.
+        seed: the Philox key of stochastic rounding (bf16 moments, ``stochastic_rounding``),
+            an int in ``[0, 2^63)``; with the tensor's step count and each element's offset
+            it decides the random bits (``kernels/common.py``).
+        rng_stream: the tensor's random stream, an int in ``[0, 2^32)`` (the multi-tensor
+            kernel reads it from ``COL_RNG_STREAM``): tensors with distinct streams draw
+            distinct bits.
+        rng_offset: the place of ``param``'s first element in its whole tensor (an FSDP2
+            shard's; 0 for a whole tensor), added to the element offsets the bits are keyed by
+            (``COL_RNG_OFFSET``).
     """
     check_interpretable(param.device)  # first: the checks below read device tensors' metadata
     cdtype = compute_dtype_for(param.dtype)
@@ -487,10 +625,11 @@ def adam_update_(
            f"param dtype {param.dtype} is not float32, float64, float16 or bfloat16")
     _check_grad_dtype(param.dtype, grad.dtype)
     if master is not None:
-        _check(param.dtype in LOW_PRECISION and master.dtype == torch.float32
-               and master.numel() == param.numel() and master.is_contiguous()
-               and master.device == param.device, lambda:
-               "master must be a contiguous float32 tensor like an fp16/bf16 param")
+        _check(_master_fits(param.dtype, master.dtype) and master.numel() == param.numel()
+               and master.is_contiguous() and master.device == param.device, lambda:
+               "master must be a contiguous float32 tensor like an fp16/bf16 param, or the "
+               f"int16 remainders of a bfloat16 param's masters; got {master.dtype} "
+               f"{tuple(master.shape)} on {master.device} for a {param.dtype} param")
     _check_amp(grad_scale, found_inf, param.device)
     _check(grad.shape == param.shape, lambda: f"grad shape {tuple(grad.shape)} != param shape "
            f"{tuple(param.shape)}")
@@ -501,8 +640,17 @@ def adam_update_(
     for name, t in [("param", param), ("grad", grad)] + states:
         _check(t.device == param.device, lambda: f"{name} is on {t.device}, param on {param.device}")
         _check(t.is_contiguous(), lambda: f"{name} is not contiguous")
+    moment_dtype = exp_avg.dtype
+    _check_moment_dtype(moment_dtype, cdtype)
+    _check_rounding(stochastic_rounding, param.dtype, master, seed)
+    _check(all(isinstance(v, int) and not isinstance(v, bool) for v in (rng_stream, rng_offset))
+           and 0 <= rng_stream < 2 ** 32 and 0 <= rng_offset < 2 ** 62, lambda:
+           f"rng_stream must be an int in [0, 2**32) and rng_offset one in [0, 2**62), got "
+           f"{rng_stream!r} and {rng_offset!r}")
     for name, t in states:
-        _check(t.dtype == cdtype, lambda: f"{name} dtype {t.dtype} != compute dtype {cdtype}")
+        expected = moment_dtype if name in _MOMENT_NAMES else cdtype
+        _check(t.dtype == expected, lambda: f"{name} dtype {t.dtype} != {expected} (the "
+               f"{'moment' if name in _MOMENT_NAMES else 'compute'} dtype)")
     for name, t in [("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq),
                     ("max_exp_avg_sq", max_exp_avg_sq)]:
         if t is not None:
@@ -530,14 +678,16 @@ def adam_update_(
             master if master is not None else exp_avg,
             grad_scale if grad_scale is not None else hyper,
             found_inf if found_inf is not None else hyper,
-            lr, lr_ptr if lr_ptr is not None else hyper, n,
+            lr, lr_ptr if lr_ptr is not None else hyper, n, seed, rng_stream, rng_offset,
             **kernel_constexprs(amsgrad=max_exp_avg_sq is not None, coupled_decay=coupled_decay,
                                 decoupled_decay=decoupled_decay,
                                 clip_scale=clip_scale is not None, clip_value=clip_value,
                                 master=master is not None, unscale=grad_scale is not None,
+                                master_remainder=_remainder(master),
                                 skip_on_inf=found_inf is not None,
                                 lr_on_device=lr_ptr is not None, maximize=maximize,
-                                bias_from_step=bias_from_step),
+                                bias_from_step=bias_from_step,
+                                stochastic_rounding=stochastic_rounding),
             num_warps=NUM_WARPS,
             enable_fp_fusion=FP_FUSION,
         )
@@ -566,6 +716,8 @@ def adam_update_tensor_list_(
     found_inf: torch.Tensor | None = None,
     maximize: bool = False,
     bias_from_step: bool = False,
+    stochastic_rounding: bool = False,
+    seed: int = 0,
 ) -> None:
     """Apply one Adam step to every active tensor of a bucket, with one kernel launch.
 
@@ -579,7 +731,8 @@ def adam_update_tensor_list_(
             tensor of the bucket whether or not it is updated this step.
         chunk_table: int32 ``[n_chunks, 2]``: ``(tensor row, chunk index)`` per program, chunks
             of ``CHUNK_SIZE`` elements of the active tensors.
-        exp_avg, exp_avg_sq: the bucket's flat moment buffers (compute dtype), updated in place.
+        exp_avg, exp_avg_sq: the bucket's flat moment buffers (compute dtype, or bfloat16 as
+            in ``adam_update_``), updated in place.
         max_exp_avg_sq: the flat moment2_max buffer for AMSGrad, or None.
         hyper: ``[n_tensors, HYPER_WIDTH]`` per-tensor hyper-parameter rows (compute dtype).
         pows_in: ``[n_tensors, POW_SLOT_WIDTH]`` pows of this step; pows_out receives the next
@@ -596,18 +749,23 @@ def adam_update_tensor_list_(
             tensors), or None for no norm clipping.
         clip_value: clamp gradients to their hyper row's clip bounds.
         master: the bucket's flat float32 master weights (fp16/bf16 params), laid out like
-            the moments; or None.
+            the moments; or its flat int16 remainder buffer (bfloat16 params, as in
+            ``adam_update_``); or None.
         grad_scale, found_inf: AMP's loss scale and overflow flag, as in ``adam_update_``.
         maximize: as in ``adam_update_`` (each row's ``HYPER_SIGN``).
         bias_from_step: as in ``adam_update_``.
+        stochastic_rounding, seed: as in ``adam_update_``.
     """
     check_interpretable(exp_avg.device)
-    cdtype = exp_avg.dtype
+    cdtype = hyper.dtype  # the moments may be bf16: the tables are in the compute dtype
+    _check_moment_dtype(exp_avg.dtype, compute_dtype_for(param_dtype))
+    _check_rounding(stochastic_rounding, param_dtype, master, seed)
     _check_grad_dtype(param_dtype, grad_dtype)
     if master is not None:
-        _check(param_dtype in LOW_PRECISION and master.dtype == torch.float32
-               and master.numel() == exp_avg.numel() and master.is_contiguous(), lambda:
-               "master must be a contiguous float32 buffer like exp_avg, for fp16/bf16 params")
+        _check(_master_fits(param_dtype, master.dtype) and master.numel() == exp_avg.numel()
+               and master.is_contiguous() and master.device == exp_avg.device, lambda:
+               "master must be a contiguous float32 buffer like exp_avg for fp16/bf16 params, "
+               "or an int16 remainder buffer like exp_avg for bfloat16 params")
     _check_amp(grad_scale, found_inf, exp_avg.device)
     n_tensors = tensor_table.shape[0] if tensor_table.dim() == 2 else -1
     _check(cdtype == compute_dtype_for(param_dtype), lambda:
@@ -633,8 +791,8 @@ def adam_update_tensor_list_(
     if max_exp_avg_sq is not None:
         flat.append(("max_exp_avg_sq", max_exp_avg_sq))
     for name, t in flat:
-        _check(t.dtype == cdtype and t.is_contiguous() and t.numel() == exp_avg.numel(), lambda:
-               f"{name} must be a contiguous {cdtype} buffer like exp_avg")
+        _check(t.dtype == exp_avg.dtype and t.is_contiguous() and t.numel() == exp_avg.numel(),
+               lambda: f"{name} must be a contiguous {exp_avg.dtype} buffer like exp_avg")
     device = exp_avg.device
     args = [("tensor_table", tensor_table), ("chunk_table", chunk_table)] + flat
     for name, t in args + [(name, t) for name, t, _ in expected]:
@@ -658,15 +816,17 @@ def adam_update_tensor_list_(
             master if master is not None else exp_avg,
             grad_scale if grad_scale is not None else hyper,
             found_inf if found_inf is not None else hyper,
-            lr, lr_ptr if lr_ptr is not None else hyper, n_tensors, n_chunks,
+            lr, lr_ptr if lr_ptr is not None else hyper, n_tensors, n_chunks, seed,
             **tensor_list_constexprs(param_dtype=param_dtype, grad_dtype=grad_dtype, aligned=aligned,
                                      amsgrad=max_exp_avg_sq is not None,
                                      coupled_decay=coupled_decay, decoupled_decay=decoupled_decay,
                                      clip_scale=clip_scales is not None, clip_value=clip_value,
                                      master=master is not None, unscale=grad_scale is not None,
+                                     master_remainder=_remainder(master),
                                      skip_on_inf=found_inf is not None,
                                      lr_on_device=lr_ptr is not None, maximize=maximize,
-                                bias_from_step=bias_from_step),
+                                     bias_from_step=bias_from_step,
+                                     stochastic_rounding=stochastic_rounding),
             num_warps=NUM_WARPS,
             enable_fp_fusion=FP_FUSION,
         )
@@ -677,7 +837,9 @@ def tensor_list_constexprs(*, param_dtype: torch.dtype, grad_dtype: torch.dtype,
                            clip_scale: bool = False, clip_value: bool = False,
                            master: bool = False, unscale: bool = False,
                            skip_on_inf: bool = False, lr_on_device: bool = False,
-                           maximize: bool = False, bias_from_step: bool = False) -> dict:
+                           maximize: bool = False, bias_from_step: bool = False,
+                           master_remainder: bool = False,
+                           stochastic_rounding: bool = False) -> dict:
     """The constexpr arguments of one multi-tensor specialization (shared with the compile
     check)."""
     return dict(
@@ -691,10 +853,12 @@ def tensor_list_constexprs(*, param_dtype: torch.dtype, grad_dtype: torch.dtype,
         DECOUPLED_DECAY=bool(decoupled_decay),
         CLIP_SCALE=bool(clip_scale),
         CLIP_VALUE=bool(clip_value),
-        MASTER=bool(master),
+        MASTER=bool(master or master_remainder),
+        MASTER_REMAINDER=bool(master_remainder),
         UNSCALE=bool(unscale),
         SKIP_ON_INF=bool(skip_on_inf),
         LR_ON_DEVICE=bool(lr_on_device),
         MAXIMIZE=bool(maximize),
         BIAS_FROM_STEP=bool(bias_from_step),
+        STOCHASTIC_ROUNDING=bool(stochastic_rounding),
     )

@@ -57,7 +57,8 @@ Design:
   row and the pows). The sort itself is an O(nnz) device pass over the int64 ids. Measured in
   the sm_80/sm_90 SASS (tests/test_compile_lazy.py), per updated element, loads + stores:
   fp32 16 + 12 (amsgrad 20 + 16), fp64 32 + 24, bf16/fp16 with fp32 master 14 + 14 (fp32
-  gradient 16 + 14), half without master 12 + 10; +4 B (fp32 gradient) or +2 B (half) per
+  gradient 16 + 14), bf16 with the master as a remainder 14 + 12, half without master
+  12 + 10; +4 B (fp32 gradient) or +2 B (half) per
   duplicate; all 16-byte vector accesses when ``width % 16 == 0``; no spills. Clipping and
   AMP add per-program scalars only (the scale, the bounds, the loss scale, the flag). The
   sparse sum of squares reads each gradient entry once (4 B per fp32 element, 2 per half)
@@ -106,7 +107,9 @@ from .common import (
     compute_dtype_for,
     device_guard,
     lr_arguments,
+    join_master,
     round_to,
+    split_master,
 )
 from .update import (
     adam_math,
@@ -161,7 +164,8 @@ def _run_sum(values_ptr, sorted_rows_ptr, perm_ptr, k, row, nnz, width, cols, ma
 @triton.jit(do_not_specialize=["nnz"])
 def _lazy_adam_kernel(
     param_ptr,  # *P [n_rows, width]: the table, updated in place on the present rows only
-    master_ptr,  # *fp32 [n_rows, width]: fp32 master weights (MASTER only; else any pointer)
+    master_ptr,  # *fp32 [n_rows, width]: fp32 master weights (MASTER only; else any pointer);
+    #              *i16 [n_rows, width]: their remainders beside bf16 params (MASTER_REMAINDER)
     values_ptr,  # *G [nnz, width]: the gradient rows, in the sparse tensor's (unsorted) order
     sorted_rows_ptr,  # *i64 [nnz]: the row ids sorted ascending (stable sort)
     perm_ptr,  # *i64 [nnz]: perm[k] is the position in values of sorted_rows[k]
@@ -184,6 +188,7 @@ def _lazy_adam_kernel(
     COUPLED_DECAY: tl.constexpr,  # g += l2 * p + l1 * sign(p) on the present rows
     DECOUPLED_DECAY: tl.constexpr,  # AdamW: p -= lr_t * wd * p on the present rows
     MASTER: tl.constexpr,  # p is read from and written to master_ptr; param gets it rounded
+    MASTER_REMAINDER: tl.constexpr,  # the master is the bf16 param + int16 remainder at master_ptr
     CLIP_SCALE: tl.constexpr,  # multiply each row's summed gradient by *clip_scale_ptr
     CLIP_VALUE: tl.constexpr,  # clamp it to the hyper row's clip bounds
     UNSCALE: tl.constexpr,  # divide it by *grad_scale_ptr (AMP), before clipping
@@ -228,7 +233,11 @@ def _lazy_adam_kernel(
         # The row's start in every table is an int64 scalar added to each pointer once; the
         # columns are int32 offsets from it (per-element int64 offsets cost registers).
         row_start = row * width
-        if MASTER:
+        if MASTER_REMAINDER:
+            # The master rebuilt from the param and its remainder (kernels/common.py).
+            p = join_master(tl.load(param_ptr + row_start + cols, mask=mask),
+                            tl.load(master_ptr + row_start + cols, mask=mask))
+        elif MASTER:
             p = tl.load(master_ptr + row_start + cols, mask=mask)
         else:
             p = tl.load(param_ptr + row_start + cols, mask=mask).to(compute_dtype)
@@ -249,10 +258,16 @@ def _lazy_adam_kernel(
             tl.store(max_exp_avg_sq_ptr + row_start + cols, vmax, mask=mask)
         tl.store(exp_avg_ptr + row_start + cols, m, mask=mask)
         tl.store(exp_avg_sq_ptr + row_start + cols, v, mask=mask)
-        if MASTER:
-            tl.store(master_ptr + row_start + cols, p, mask=mask)
-        tl.store(param_ptr + row_start + cols, round_to(p, param_ptr.dtype.element_ty),
-                 mask=mask)
+        if MASTER_REMAINDER:
+            # Param rounded to nearest, ties away from zero, and the exact remainder.
+            p_out, rem = split_master(p)
+            tl.store(master_ptr + row_start + cols, rem, mask=mask)
+            tl.store(param_ptr + row_start + cols, p_out, mask=mask)
+        else:
+            if MASTER:
+                tl.store(master_ptr + row_start + cols, p, mask=mask)
+            tl.store(param_ptr + row_start + cols, round_to(p, param_ptr.dtype.element_ty),
+                     mask=mask)
 
 
 @triton.jit(do_not_specialize=["nnz"])
@@ -333,14 +348,16 @@ def lazy_kernel_constexprs(*, block_w: int, amsgrad: bool, coupled_decay: bool,
                            decoupled_decay: bool, master: bool, clip_scale: bool = False,
                            clip_value: bool = False, unscale: bool = False,
                            skip_on_inf: bool = False, lr_on_device: bool = False,
-                           maximize: bool = False, bias_from_step: bool = False) -> dict:
+                           maximize: bool = False, bias_from_step: bool = False,
+                           master_remainder: bool = False) -> dict:
     """The constexpr arguments of one specialization (shared with the compile check)."""
     return dict(
         BLOCK_W=int(block_w),
         AMSGRAD=bool(amsgrad),
         COUPLED_DECAY=bool(coupled_decay),
         DECOUPLED_DECAY=bool(decoupled_decay),
-        MASTER=bool(master),
+        MASTER=bool(master or master_remainder),
+        MASTER_REMAINDER=bool(master_remainder),
         CLIP_SCALE=bool(clip_scale),
         CLIP_VALUE=bool(clip_value),
         UNSCALE=bool(unscale),
@@ -416,7 +433,9 @@ def sparse_adam_update_(
         master: fp32 master weights of a float16/bfloat16 param (contiguous, same numel), or
             None. With it the kernel reads p from the master, writes the master and the param
             rounded to nearest. Without it a half param is computed in fp32 from its own
-            values (Paddle's behaviour without ``multi_precision``).
+            values (Paddle's behaviour without ``multi_precision``). An int16 ``master`` of a
+            bfloat16 param holds the masters' remainders (``kernels/common.py``): the kernel
+            rebuilds each master from the param and its remainder and writes both back.
         clip_scale: a 1-element float32/float64 tensor on the param's device that multiplies
             each present row's summed gradient (a norm clip's scale, computed on the device),
             or None.
@@ -455,8 +474,10 @@ def sparse_adam_update_(
     if master is not None:
         _check(param.dtype in LOW_PRECISION, lambda: f"master weights are for float16/bfloat16 "
                f"params, param is {param.dtype}")
-        _check(master.dtype == torch.float32, lambda: f"master dtype {master.dtype} is not "
-               "float32")
+        _check(master.dtype == torch.float32
+               or (master.dtype == torch.int16 and param.dtype == torch.bfloat16), lambda:
+               f"master dtype {master.dtype} is not float32 (master weights) or int16 (the "
+               "remainders of a bfloat16 param's masters)")
     tables = [("param", param)] + states + ([("master", master)] if master is not None else [])
     for name, t in tables + scalars + [("grad", grad)]:
         _check(t.device == param.device, lambda: f"{name} is on {t.device}, param on "
@@ -505,6 +526,8 @@ def sparse_adam_update_(
             **lazy_kernel_constexprs(block_w=block_w, amsgrad=max_exp_avg_sq is not None,
                                      coupled_decay=coupled_decay,
                                      decoupled_decay=decoupled_decay, master=master is not None,
+                                     master_remainder=(master is not None
+                                                       and master.dtype == torch.int16),
                                      clip_scale=clip_scale is not None, clip_value=clip_value,
                                      unscale=grad_scale is not None,
                                      skip_on_inf=found_inf is not None,

@@ -64,6 +64,7 @@ class Implementation:
     peer: str = "torch AdamW fused"  # the torch row its time is compared with
     # memory beside p and g: m, v and the temporaries of torch's foreach implementation
     state_bytes_per_param: int = 8
+    param_dtype: torch.dtype = torch.float32  # the params' and grads' dtype
 
 
 def _triton_adamw(multi_tensor: bool, clip: bool) -> Callable[[list[torch.Tensor]], Step]:
@@ -98,6 +99,18 @@ def _triton_adamw_graph(params: list[torch.Tensor]) -> Step:
     return graph.replay
 
 
+def _triton_adamw_bf16(**options: object) -> Callable[[list[torch.Tensor]], Step]:
+    """bf16 params and grads with the byte-saving options (master weights as remainders,
+    bf16 moments, stochastic rounding)."""
+    def build(params: list[torch.Tensor]) -> Step:
+        import triton_adam
+
+        return triton_adam.AdamW(LR, parameters=params, weight_decay=WEIGHT_DECAY,
+                                 **options).step
+
+    return build
+
+
 def _torch_face_adamw(params: list[torch.Tensor]) -> Step:
     """``triton_adam.optim.AdamW``: the same kernels behind torch.optim's API."""
     import triton_adam.optim
@@ -127,7 +140,27 @@ IMPLEMENTATIONS = [
                    _triton_adamw(True, True), extra_grad_passes=1, peer=CLIPPED_PEER),
     Implementation("triton_adam AdamW capturable, CUDA-graph replay", _triton_adamw_graph),
     Implementation("triton_adam.optim AdamW (PyTorch face)", _torch_face_adamw),
+    Implementation("triton_adam AdamW bf16, fp32 master weights",
+                   _triton_adamw_bf16(multi_precision=True), floor_mode="half master",
+                   peer="torch AdamW fused bf16", param_dtype=torch.bfloat16),
+    Implementation("triton_adam AdamW bf16, remainder master weights",
+                   _triton_adamw_bf16(multi_precision=True, master_weight_format="remainder"),
+                   floor_mode="half remainder", peer="torch AdamW fused bf16",
+                   param_dtype=torch.bfloat16),
+    Implementation("triton_adam AdamW bf16, remainder + bf16 moments",
+                   _triton_adamw_bf16(multi_precision=True, master_weight_format="remainder",
+                                      moment_dtype=torch.bfloat16),
+                   floor_mode="half remainder bf16-moments", peer="torch AdamW fused bf16",
+                   param_dtype=torch.bfloat16),
+    Implementation("triton_adam AdamW bf16, stochastic rounding + bf16 moments",
+                   _triton_adamw_bf16(stochastic_rounding=True, moment_dtype=torch.bfloat16),
+                   floor_mode="half stochastic bf16-moments", peer="torch AdamW fused bf16",
+                   param_dtype=torch.bfloat16),
     Implementation("torch AdamW fused", _torch_adamw(False, fused=True)),
+    # torch keeps bf16 moments for bf16 params and rounds to nearest: 14 B, no master.
+    Implementation("torch AdamW fused bf16", _torch_adamw(False, fused=True),
+                   floor_mode="half stochastic bf16-moments", peer="torch AdamW fused bf16",
+                   param_dtype=torch.bfloat16),
     Implementation("torch AdamW foreach", _torch_adamw(False, foreach=True),
                    state_bytes_per_param=16),
     Implementation(CLIPPED_PEER, _torch_adamw(True, fused=True), extra_grad_passes=1,
@@ -271,7 +304,8 @@ def bench_case(case: str, shapes: Sequence[Shape], timer: Callable[[Step], dict]
                  bytes_per_param=COPY_BYTES_PER_ELEMENT, **_time_copy(n, timer, device))]
     _free(device)
     for impl in impls:
-        params = [torch.nn.Parameter(torch.randn(s, device=device) * 0.02) for s in shapes]
+        params = [torch.nn.Parameter((torch.randn(s, device=device) * 0.02).to(impl.param_dtype))
+                  for s in shapes]
         for p in params:
             p.grad = torch.randn_like(p) * 1e-3
         step = impl.build(params)

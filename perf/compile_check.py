@@ -67,7 +67,9 @@ class Specialization:
 def _low_precision_variants() -> list[tuple]:
     """fp16/bf16 params: (param, grad, amsgrad, coupled, decoupled, n type, clip, master mode)
     with fp32 master weights (also with fp32 gradients, AMP's loss scale and overflow flag,
-    and decay), and without (computed in fp32, rounded every step)."""
+    and decay), and without (computed in fp32, rounded every step); bf16 params with the
+    master as a remainder (``master_weight_format="remainder"``: the int16 remainder at
+    ``master_ptr``, the param read too), plain, with everything, and with AMP."""
     out = []
     for d in (torch.bfloat16, torch.float16):
         out += [(d, d, False, False, False, "i32", False, "master"),
@@ -75,6 +77,28 @@ def _low_precision_variants() -> list[tuple]:
                 (d, torch.float32, False, False, False, "i32", False, "master"),
                 (d, d, False, False, False, "i32", False, "master amp"),
                 (d, d, False, False, False, "i32", False, "no-master")]
+    b = torch.bfloat16
+    out += [(b, b, False, False, False, "i32", False, "master remainder"),
+            (b, b, True, True, True, "i32", True, "master remainder"),
+            (b, b, False, False, False, "i32", False, "master remainder amp")]
+    return out + _low_byte_variants()
+
+
+def _low_byte_variants() -> list[tuple]:
+    """bf16 moments (``moments:bf16``: the moment buffers are bf16, stored rounded
+    stochastically) and bf16 params rounded stochastically without masters
+    (``stochastic-rounding``), in the variant tuple of ``_low_precision_variants``: with the
+    master as a remainder, without master, with fp32 masters and with fp32 params, each plain
+    and with amsgrad (one more 2-byte stream) and everything else on (the most registers:
+    Philox's four words are live beside the update); and a stochastically rounded bf16 param
+    with fp32 moments."""
+    b, f = torch.bfloat16, torch.float32
+    out = []
+    for d, mp in ((b, "master remainder moments:bf16"), (b, "stochastic-rounding moments:bf16"),
+                  (f, "moments:bf16"), (b, "master moments:bf16")):
+        out += [(d, d, False, False, False, "i32", False, mp),
+                (d, d, True, True, True, "i32", True, mp)]
+    out += [(b, b, False, False, False, "i32", False, "stochastic-rounding")]
     return out
 
 
@@ -106,17 +130,56 @@ def _mode_words(mp: str | None) -> dict[str, bool]:
     capturable or PyTorch-face step, maximize)."""
     words = set((mp or "").split())
     torch_face = "torch" in words
-    return dict(master="master" in words, unscale="amp" in words, skip_on_inf="amp" in words,
+    return dict(master="master" in words, master_remainder="remainder" in words,
+                unscale="amp" in words, skip_on_inf="amp" in words,
                 lr_on_device="capturable" in words or torch_face, bias_from_step=torch_face,
-                maximize="maximize" in words)
+                maximize="maximize" in words,
+                stochastic_rounding="stochastic-rounding" in words)
+
+
+# The integer arguments of stochastic rounding's random stream (kernels/adam.py): the Philox
+# key ``rng_seed`` (an int in [0, 2^63)) and, where a kernel takes them as arguments rather
+# than from its tensor table, the tensor's stream (in [0, 2^32)) and its first element's
+# offset in the whole tensor (in [0, 2^62)). The kernels mark them ``do_not_specialize``, so
+# no value (1, a multiple of 16) compiles a variant of its own, and they are compiled here as
+# i64: the one type that holds every value of their ranges, the type the JIT gives a seed of
+# 2^31 or more (tests/test_compile.py checks what the JIT's binder makes of each value).
+RNG_INTS = ("rng_seed", "rng_stream", "rng_offset")
+
+
+def _rng_signature(kernel) -> dict[str, str]:
+    """The signature entries of ``kernel``'s random-stream ints (those it takes)."""
+    return {a: "i64" for a in RNG_INTS if a in kernel.arg_names}
+
+
+def _moment_type(dtype: torch.dtype, mp: str | None) -> str:
+    """The element type of the moment buffers: the compute dtype, or bf16 (``moments:bf16``;
+    the kernels read it from the pointer, nothing else says so)."""
+    if "moments:bf16" in (mp or "").split():
+        return "bf16"
+    return _TRITON_TYPE[adam.compute_dtype_for(dtype)]
+
+
+def _master_type(dtype: torch.dtype, mp: str | None) -> str:
+    """The element type at ``master_ptr``: fp32 masters, int16 remainders, or (no master) the
+    moments' type, since the launchers then pass ``exp_avg`` there."""
+    words = _mode_words(mp)
+    if words["master_remainder"]:
+        return "*i16"
+    return "*fp32" if words["master"] else f"*{_moment_type(dtype, mp)}"
 
 
 def _floor_mode(dtype: torch.dtype, grad: torch.dtype, amsgrad: bool, mp: str | None) -> str:
     """The perf/floors.py row a specialization must meet."""
+    words = _mode_words(mp)
     if dtype not in (torch.float16, torch.bfloat16):
-        return _TRITON_TYPE[dtype] + " amsgrad" * amsgrad
-    kind = "half master" if _mode_words(mp)["master"] else "half"
-    return kind + (" fp32-grad" if grad == torch.float32 else "") + " amsgrad" * amsgrad
+        kind = _TRITON_TYPE[dtype]
+    else:
+        kind = ("half remainder" if words["master_remainder"]
+                else "half master" if words["master"]
+                else "half stochastic" if words["stochastic_rounding"] else "half")
+    return (kind + (" fp32-grad" if grad == torch.float32 and grad != dtype else "")
+            + " bf16-moments" * (_moment_type(dtype, mp) == "bf16") + " amsgrad" * amsgrad)
 
 
 def adam_specializations() -> list[Specialization]:
@@ -140,16 +203,19 @@ def adam_specializations() -> list[Specialization]:
     for dtype, grad, amsgrad, coupled, decoupled, n_type, clip, mp in variants:
         p_ty = _TRITON_TYPE[dtype]
         c_ty = _TRITON_TYPE[adam.compute_dtype_for(dtype)]
+        m_ty = _moment_type(dtype, mp)
         constexprs = adam.kernel_constexprs(amsgrad=amsgrad, coupled_decay=coupled,
                                             decoupled_decay=decoupled, clip_scale=clip,
                                             clip_value=clip, **_mode_words(mp))
         signature = {
             "param_ptr": f"*{p_ty}", "grad_ptr": f"*{_TRITON_TYPE[grad]}",
-            "exp_avg_ptr": f"*{c_ty}", "exp_avg_sq_ptr": f"*{c_ty}",
-            "max_exp_avg_sq_ptr": f"*{c_ty}", "hyper_ptr": f"*{c_ty}",
+            "exp_avg_ptr": f"*{m_ty}", "exp_avg_sq_ptr": f"*{m_ty}",
+            "max_exp_avg_sq_ptr": f"*{m_ty}", "hyper_ptr": f"*{c_ty}",
             "pows_in_ptr": f"*{c_ty}", "pows_out_ptr": f"*{c_ty}",
-            "clip_scale_ptr": f"*{c_ty}", "master_ptr": "*fp32", "grad_scale_ptr": "*fp32",
+            "clip_scale_ptr": f"*{c_ty}", "master_ptr": _master_type(dtype, mp),
+            "grad_scale_ptr": "*fp32",
             "found_inf_ptr": "*fp32", "lr": "fp64", "lr_ptr": "*fp64", "n_elements": n_type,
+            **_rng_signature(adam._adam_kernel),
             **{k: "constexpr" for k in constexprs},
         }
         divisible = tuple(pointer_args) + (("n_elements",) if n_type == "i32" else ())
@@ -194,16 +260,19 @@ def tensor_list_specializations() -> list[Specialization]:
     for dtype, grad, amsgrad, coupled, decoupled, aligned, clip, mp in variants:
         p_ty = _TRITON_TYPE[dtype]
         c_ty = _TRITON_TYPE[adam.compute_dtype_for(dtype)]
+        m_ty = _moment_type(dtype, mp)
         constexprs = adam.tensor_list_constexprs(
             param_dtype=dtype, grad_dtype=grad, aligned=bool(aligned), amsgrad=amsgrad,
             coupled_decay=coupled, decoupled_decay=decoupled, clip_scale=clip, clip_value=clip,
             **_mode_words(mp))
         signature = {
-            "tensor_table_ptr": "*i64", "chunk_table_ptr": "*i32", "exp_avg_ptr": f"*{c_ty}",
-            "exp_avg_sq_ptr": f"*{c_ty}", "max_exp_avg_sq_ptr": f"*{c_ty}",
+            "tensor_table_ptr": "*i64", "chunk_table_ptr": "*i32", "exp_avg_ptr": f"*{m_ty}",
+            "exp_avg_sq_ptr": f"*{m_ty}", "max_exp_avg_sq_ptr": f"*{m_ty}",
             "hyper_ptr": f"*{c_ty}", "pows_in_ptr": f"*{c_ty}", "pows_out_ptr": f"*{c_ty}",
-            "clip_scales_ptr": f"*{c_ty}", "master_ptr": "*fp32", "grad_scale_ptr": "*fp32",
-            "found_inf_ptr": "*fp32", "lr": "fp64", "lr_ptr": "*fp64", "n_tensors": "i32", "n_chunks": "i32",
+            "clip_scales_ptr": f"*{c_ty}", "master_ptr": _master_type(dtype, mp),
+            "grad_scale_ptr": "*fp32",
+            "found_inf_ptr": "*fp32", "lr": "fp64", "lr_ptr": "*fp64", "n_tensors": "i32",
+            "n_chunks": "i32", **_rng_signature(adam._adam_tensor_list_kernel),
             **{k: "constexpr" for k in constexprs},
         }
         mode = " ".join([p_ty] + ([f"grad:{_TRITON_TYPE[grad]}"] if grad != dtype else [])

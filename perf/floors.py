@@ -40,6 +40,36 @@ FLOORS: dict[str, Floor] = {
     "half master amsgrad": Floor(read=18, write=18, grad_bytes=2),
     "half master fp32-grad": Floor(read=16, write=14, grad_bytes=4),
     "half": Floor(read=12, write=10, grad_bytes=2),
+    # bf16 params with the master as a remainder (master_weight_format="remainder"): g, p and
+    # the int16 remainder 2 each, m, v 8 read (14); p, remainder 2 each, m, v 8 written (12):
+    # 26 B, 2 less than "half master" (the fp32 master's 4 + 4 become p 2 + rem 2 + 2 + 2).
+    "half remainder": Floor(read=14, write=12, grad_bytes=2),
+    "half remainder amsgrad": Floor(read=18, write=16, grad_bytes=2),
+    # bf16 moments (moment_dtype=torch.bfloat16: m, v and vmax stored as bf16, rounded
+    # stochastically; the update still computes in fp32) halve the moments' 4 + 4 read and
+    # 4 + 4 written; the random bits are computed (Philox), never loaded. Per element:
+    # - remainder master: g, p, rem, m, v 2 each read (10); p, rem, m, v written (8): 18 B;
+    #   amsgrad reads and writes vmax 2 more: 12 + 10 = 22 B.
+    "half remainder bf16-moments": Floor(read=10, write=8, grad_bytes=2),
+    "half remainder bf16-moments amsgrad": Floor(read=12, write=10, grad_bytes=2),
+    # - fp32 master: g 2, master 4, m, v 2 each read (10); master 4, p 2, m, v 2 each written
+    #   (10): 20 B; amsgrad 12 + 12 = 24 B. (2 B more than with the remainder: both read 4 B
+    #   of master, master 4 or p 2 + rem 2, but this mode writes master 4 + p 2, the remainder
+    #   mode p 2 + rem 2.)
+    "half master bf16-moments": Floor(read=10, write=10, grad_bytes=2),
+    "half master bf16-moments amsgrad": Floor(read=12, write=12, grad_bytes=2),
+    # - a bf16 param without master, rounded stochastically (stochastic_rounding=True): g, p,
+    #   m, v 2 each read (8); p, m, v written (6): 14 B; amsgrad 10 + 8 = 18 B.
+    "half stochastic bf16-moments": Floor(read=8, write=6, grad_bytes=2),
+    "half stochastic bf16-moments amsgrad": Floor(read=10, write=8, grad_bytes=2),
+    # - the same param with fp32 moments: g, p 2 each, m, v 4 each read (12); p 2, m, v 4 each
+    #   written (10): 22 B, the bytes of "half" (stochastic rounding changes the bits written,
+    #   not their number); a row of its own so the audit shows the mode by name.
+    "half stochastic": Floor(read=12, write=10, grad_bytes=2),
+    # - fp32 params and grads with bf16 moments: p, g 4 each, m, v 2 each read (12); p 4, m, v
+    #   2 each written (8): 20 B (28 with fp32 moments); amsgrad 14 + 10 = 24 B.
+    "fp32 bf16-moments": Floor(read=12, write=8, grad_bytes=4),
+    "fp32 bf16-moments amsgrad": Floor(read=14, write=10, grad_bytes=4),
     # The global-norm pass of clipping: one read of the gradient (its partial sums are per
     # program). A clipped step moves the update's floor plus this.
     "norm fp32": Floor(read=4, write=0, grad_bytes=4),

@@ -127,6 +127,18 @@ def bf16_master(torch, ta, device: str, steps: int) -> None:
                                 per_tensor_launches=not multi), steps)
 
 
+def fewer_bytes(torch, ta, device: str, steps: int) -> None:
+    """The byte-saving modes: remainder masters with bf16 moments (amsgrad: the third moment
+    buffer too), and stochastically rounded bf16 params with bf16 moments."""
+    for multi in (False, True):
+        for kw in (dict(multi_precision=True, master_weight_format="remainder",
+                        moment_dtype=torch.bfloat16, amsgrad=multi),
+                   dict(stochastic_rounding=True, moment_dtype=torch.bfloat16, seed=7)):
+            ps = _params(torch, device, torch.bfloat16)
+            _run(torch, ps, ta.Adam(1e-2, parameters=ps, per_tensor_launches=not multi, **kw),
+                 steps)
+
+
 def amp_skip(torch, ta, device: str, steps: int) -> None:
     """A scaled fp16 step (master weights), then a step the overflow flag skips entirely."""
     for multi in (False, True):
@@ -215,6 +227,7 @@ CASES: dict[str, Callable] = {
     "amsgrad (per-tensor, multi-tensor)": amsgrad,
     "fp64 (per-tensor, multi-tensor amsgrad)": fp64,
     "bf16 + fp32 master weights": bf16_master,
+    "bf16 remainder masters / stochastic rounding, bf16 moments": fewer_bytes,
     "AMP fp16: loss scale, then a skipped step": amp_skip,
     "clipping: global norm (norm pass + finalize), ClipGradByNorm": clipping,
     "lazy rows with duplicate ids": lazy_rows,

@@ -68,6 +68,41 @@ OPT_CASES = {
     "fsdp_resume_clip_mt": Case("fsdp", CLIP_NORM, multi_tensor=True, resume_at=3),
     "fsdp_dcp_clip_mt": Case("fsdp_mixed", CLIP_NORM, multi_tensor=True, dcp_at=3),
 }
+# issue 19's low-precision modes on a bf16 model: fp32 masters kept as remainders beside the
+# params (with amsgrad and value clipping), and stochastic rounding of the params with bf16
+# moments (random bits keyed by seed, step and element). The gradients are set, not computed:
+# every process draws the full gradients of a step and each rank takes its shard
+# (``lowp_grads``), so the optimizer sees the same gradient bits sharded and in one process,
+# and the runs must agree bit for bit; step LOWP_SKIP_STEP overflows (AMP skip on every rank).
+# Each case: ``options`` of triton_adam.AdamW, ``per_tensor`` launches, a resume at
+# ``resume_at`` from a single-process state (``shard_full_state`` + ``set_state_dict``) and a
+# torch.distributed.checkpoint detour at ``dcp_at`` (as ``Case``).
+LOWP_REMAINDER = (("multi_precision", True), ("master_weight_format", "remainder"),
+                  ("amsgrad", True))
+LOWP_SR = (("stochastic_rounding", True), ("moment_dtype", torch.bfloat16))
+
+
+@dataclass(frozen=True)
+class LowpCase:
+    options: tuple  # (name, value) pairs
+    value_clip: bool = False  # ClipGradByValue(LOWP_VALUE_CLIP): elementwise, so bitwise
+    per_tensor: bool = False
+    resume_at: int = 0
+    dcp_at: int = 0
+
+
+LOWP_CASES = {
+    "fsdp_lowp_remainder": LowpCase(LOWP_REMAINDER, value_clip=True),
+    "fsdp_lowp_remainder_resume_dcp": LowpCase(LOWP_REMAINDER, value_clip=True, resume_at=2,
+                                               dcp_at=3),
+    "fsdp_lowp_sr": LowpCase(LOWP_SR),
+    "fsdp_lowp_sr_resume_dcp": LowpCase(LOWP_SR, per_tensor=True, resume_at=2, dcp_at=3),
+}
+LOWP_SKIP_STEP = 1
+LOWP_GRAD_SCALE = 4.0
+LOWP_VALUE_CLIP = 1.0
+LOWP_SEED = 31337
+
 # Probes of triton_adam.distributed alone (no optimizer step): the norm rule at step 0 and the
 # state gather / shard / checkpoint round trip.
 HELPER_CASES = {"helpers_fsdp": "fsdp", "helpers_hsdp": "hsdp", "helpers_fsdp_mixed": "fsdp_mixed"}
@@ -75,7 +110,7 @@ HELPER_CASES = {"helpers_fsdp": "fsdp", "helpers_hsdp": "hsdp", "helpers_fsdp_mi
 ERROR_CASES = ("errors_fsdp", "errors_fsdp_mt")
 
 
-def make_model() -> torch.nn.Sequential:
+def make_model(dtype: torch.dtype = torch.float32) -> torch.nn.Sequential:
     gen = torch.Generator().manual_seed(1234)
     model = torch.nn.Sequential(torch.nn.Linear(IN, HIDDEN1), torch.nn.Tanh(),
                                 torch.nn.Linear(HIDDEN1, HIDDEN2), torch.nn.Tanh(),
@@ -83,7 +118,7 @@ def make_model() -> torch.nn.Sequential:
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-    return model
+    return model.to(dtype)
 
 
 def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,8 +165,66 @@ def reference(case: str) -> dict:
             "state": {k: v.clone() for k, v in opt.state_dict().items()}}
 
 
+def make_lowp_optimizer(named: list[tuple[str, torch.nn.Parameter]],
+                        spec: LowpCase) -> triton_adam.AdamW:
+    clip = triton_adam.ClipGradByValue(LOWP_VALUE_CLIP) if spec.value_clip else None
+    return triton_adam.AdamW(learning_rate=LR, parameters=named, weight_decay=0.05,
+                             grad_clip=clip, per_tensor_launches=spec.per_tensor,
+                             seed=LOWP_SEED, **dict(spec.options))
+
+
+def lowp_grads(named: list[tuple[str, torch.nn.Parameter]], step: int) -> dict:
+    """The full (unsharded) gradients of ``step``, times LOWP_GRAD_SCALE, in the params' dtype:
+    the same in every process; LOWP_SKIP_STEP's hold an inf."""
+    gen = torch.Generator().manual_seed(500 + step)
+    out = {}
+    for name, p in named:
+        g = torch.randn(tuple(p.shape), generator=gen)
+        if step == LOWP_SKIP_STEP and name == "0.weight":
+            g[0, 0] = float("inf")
+        out[name] = (g * LOWP_GRAD_SCALE).to(p.dtype)
+    return out
+
+
+def lowp_step(named: list[tuple[str, torch.nn.Parameter]], opt, step: int) -> None:
+    """Set ``step``'s gradients (a DTensor parameter gets its shard, as a DTensor laid out
+    like it) and step with AMP's tensors (the same flag on every rank)."""
+    for name, g in lowp_grads(named, step).items():
+        p = dict(named)[name]
+        if D.is_dtensor(p):
+            from torch.distributed.tensor import DTensor
+
+            g = DTensor.from_local(D.local_shard_like(g, p), p.device_mesh, p.placements,
+                                   run_check=False, shape=p.shape, stride=p.stride())
+        p.grad = g
+    opt.step(grad_scale=torch.tensor([LOWP_GRAD_SCALE]),
+             found_inf=torch.tensor([1.0 if step == LOWP_SKIP_STEP else 0.0]))
+
+
+def clone_state(obj):
+    """A state dict's copy (nested dicts, such as ``master_weights``, included)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: clone_state(v) for k, v in obj.items()}
+    return obj
+
+
+def lowp_reference(case: str) -> dict:
+    """The single-process run of a low-precision case: final params and state_dict."""
+    spec = LOWP_CASES[case]
+    model = make_model(torch.bfloat16)
+    named = list(model.named_parameters())
+    opt = make_lowp_optimizer(named, spec)
+    for step in range(STEPS):
+        lowp_step(named, opt, step)
+    return {"params": {n: p.detach().clone() for n, p in named},
+            "state": clone_state(opt.state_dict())}
+
+
 # ------------------------------------------------------------------------------ distributed
-def _wrap(kind: str, world: int, init: dict | None = None):
+def _wrap(kind: str, world: int, init: dict | None = None,
+          dtype: torch.dtype = torch.float32):
     """``(model, module to call, named params, plain params to all-reduce by hand)``; the
     model starts from the parameters ``init`` (name -> tensor) if given."""
     import torch.distributed as dist
@@ -139,7 +232,7 @@ def _wrap(kind: str, world: int, init: dict | None = None):
     from torch.distributed.fsdp import fully_shard
     from torch.nn.parallel import DistributedDataParallel
 
-    model = make_model()
+    model = make_model(dtype)
     if init is not None:
         model.load_state_dict(init)
     manual: list[torch.nn.Parameter] = []
@@ -242,6 +335,46 @@ def run_optimizer_case(case: str, rank: int, world: int, scratch: str) -> dict:
     out["full_state"] = {k: v.clone() for k, v in
                          D.gather_full_state(state, dict(named)).items()}
     return out
+
+
+def run_lowp_case(case: str, rank: int, world: int, scratch: str) -> dict:
+    """A low-precision case on FSDP2 shards (``LOWP_CASES``)."""
+    import torch.distributed.checkpoint as dcp
+
+    spec = LOWP_CASES[case]
+    init, full_state = None, None
+    if spec.resume_at:  # the first steps in one process, then their state split
+        single = make_model(torch.bfloat16)
+        single_named = list(single.named_parameters())
+        single_opt = make_lowp_optimizer(single_named, spec)
+        for step in range(spec.resume_at):
+            lowp_step(single_named, single_opt, step)
+        init = {n: p.detach().clone() for n, p in single_named}
+        full_state = clone_state(single_opt.state_dict())
+    model, wrapped, named, manual = _wrap("fsdp", world, init, torch.bfloat16)
+    params = dict(named)
+    opt = make_lowp_optimizer(named, spec)
+    if full_state is not None:
+        opt.set_state_dict(D.shard_full_state(full_state, params))
+    for step in range(spec.resume_at, STEPS):
+        if spec.dcp_at and step == spec.dcp_at:
+            # Save the shards' state, take a stray step, put the params back and load the
+            # state in place: the run must go on as if the stray step never happened.
+            path = os.path.join(scratch, f"dcp_{case}")
+            saved = {n: D.local_tensor(p).detach().clone() for n, p in named}
+            dcp.save({"optim": D.state_as_dtensors(opt.state_dict(), params)},
+                     checkpoint_id=path)
+            lowp_step(named, opt, STEPS + 7)  # gradients of no step of the run
+            with torch.no_grad():
+                for n, p in named:
+                    D.local_tensor(p).copy_(saved[n])
+            state = opt.state_dict()
+            dcp.load({"optim": D.state_as_dtensors(state, params)}, checkpoint_id=path)
+            opt.set_state_dict(state)
+        lowp_step(named, opt, step)
+    return {"params": {n: _full(p) for n, p in named},
+            "local_shapes": {n: tuple(D.local_tensor(p).shape) for n, p in named},
+            "full_state": clone_state(D.gather_full_state(opt.state_dict(), params))}
 
 
 def run_helper_case(case: str, rank: int, world: int, scratch: str) -> dict:
@@ -361,6 +494,8 @@ def _run_case(case: str, rank: int, world: int, out_dir: str) -> dict:
         return run_optimizer_case(case, rank, world, out_dir)
     if case in ERROR_CASES:
         return run_error_case(case, rank, world)
+    if case in LOWP_CASES:
+        return run_lowp_case(case, rank, world, out_dir)
     return run_helper_case(case, rank, world, out_dir)
 
 

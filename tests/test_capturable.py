@@ -25,6 +25,8 @@ from triton_adam import backend
 from triton_adam.kernels import adam as K
 
 SIZES = [(K.BLOCK_SIZE + 1,), (17,), (3, 5), (1,)]
+# bf16 parameters without master weights (stochastic rounding) warn at their first step.
+pytestmark = pytest.mark.filterwarnings("ignore:Accumulating with FP16 or BF16")
 
 
 def _params(dtype=torch.float32, seed=0):
@@ -71,6 +73,33 @@ MODES = {
                                                triton_adam.AdamW(
         lr, parameters=ps, multi_precision=True, amsgrad=True,
         grad_clip=triton_adam.ClipGradByGlobalNorm(0.5), **kw)),
+    # issue 19's low-precision modes (tests/test_low_precision_modes.py): the random stream of
+    # bf16 moments and stochastic rounding is keyed by the step count the kernels read on the
+    # device, so a replayed step draws the bits of its own step.
+    "bf16 remainder masters, bf16 moments, amsgrad": (torch.bfloat16, lambda ps, lr, **kw:
+                                                      triton_adam.AdamW(
+        lr, parameters=ps, multi_precision=True, master_weight_format="remainder",
+        moment_dtype=torch.bfloat16, amsgrad=True, **kw)),
+    "bf16 remainder masters, global-norm clip, per-tensor launches": (
+        torch.bfloat16, lambda ps, lr, **kw: triton_adam.Adam(
+            lr, parameters=ps, multi_precision=True, master_weight_format="remainder",
+            grad_clip=triton_adam.ClipGradByGlobalNorm(0.5), per_tensor_launches=True, **kw)),
+    "bf16 fp32 masters, bf16 moments, clip by norm": (torch.bfloat16, lambda ps, lr, **kw:
+                                                      triton_adam.AdamW(
+        lr, parameters=ps, multi_precision=True, moment_dtype=torch.bfloat16,
+        grad_clip=triton_adam.ClipGradByNorm(0.3), **kw)),
+    "float32, bf16 moments, amsgrad, per-tensor launches": (torch.float32, lambda ps, lr, **kw:
+                                                            triton_adam.Adam(
+        lr, parameters=ps, moment_dtype=torch.bfloat16, amsgrad=True, per_tensor_launches=True,
+        **kw)),
+    "bf16 stochastic rounding, clip by value": (torch.bfloat16, lambda ps, lr, **kw:
+                                                triton_adam.AdamW(
+        lr, parameters=ps, stochastic_rounding=True, seed=5,
+        grad_clip=triton_adam.ClipGradByValue(0.5), **kw)),
+    "bf16 stochastic rounding, bf16 moments, amsgrad, per-tensor launches": (
+        torch.bfloat16, lambda ps, lr, **kw: triton_adam.Adam(
+            lr, parameters=ps, stochastic_rounding=True, moment_dtype=torch.bfloat16,
+            amsgrad=True, seed=7, per_tensor_launches=True, **kw)),
 }
 AMP = pytest.mark.parametrize("amp", [False, True], ids=["", "amp"])
 
@@ -258,28 +287,43 @@ def test_capturable_steps_are_bitwise_equal_to_plain_ones(capture, mode, amp):
             assert torch.equal(sa[key], sb[key]), key
 
 
-def test_capturable_state_dict_round_trips_into_a_plain_optimizer():
+@pytest.mark.parametrize("dtype, options", [
+    (torch.float32, {}),
+    # the random stream of bf16 moments / stochastic rounding goes on from the loaded step
+    (torch.bfloat16, dict(stochastic_rounding=True, moment_dtype=torch.bfloat16, seed=3)),
+    (torch.bfloat16, dict(multi_precision=True, master_weight_format="remainder",
+                          moment_dtype=torch.bfloat16)),
+], ids=["float32", "bf16 stochastic rounding, bf16 moments", "bf16 remainder, bf16 moments"])
+def test_capturable_state_dict_round_trips_into_a_plain_optimizer(dtype, options):
     """The state format is unchanged: a capturable optimizer's state continues in a plain
     one bit for bit, and the other way round."""
     def run(first, second):
-        params = _params()
-        a = triton_adam.Adam(0.01, parameters=params, amsgrad=True, capturable=first)
+        params = _params(dtype)
+        a = triton_adam.Adam(0.01, parameters=params, amsgrad=True, capturable=first,
+                             **options)
         for step in range(2):
             _grads_into(params, step)
             a.step()
-        b = triton_adam.Adam(0.01, parameters=params, amsgrad=True, capturable=second)
+        b = triton_adam.Adam(0.01, parameters=params, amsgrad=True, capturable=second,
+                             **options)
         b.set_state_dict(a.state_dict())
         for step in range(2, 4):
             _grads_into(params, step)
             b.step()
         return [p.detach().clone() for p in params], b.state_dict()
 
+    def tensors(state):  # the masters (master_weights) beside the accumulators
+        out = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+        out.update({("master", k): v for k, v in state.get("master_weights", {}).items()})
+        return out
+
     reference = run(False, False)
     for first, second in ((True, False), (False, True), (True, True)):
         params, state = run(first, second)
         assert all(torch.equal(x, y) for x, y in zip(params, reference[0]))
-        assert all(torch.equal(state[k], reference[1][k]) for k in state
-                   if isinstance(state[k], torch.Tensor))
+        got, want = tensors(state), tensors(reference[1])
+        assert got.keys() == want.keys()
+        assert all(torch.equal(got[k], want[k]) for k in want), (first, second)
 
 
 # ---------------------------------------------------------------- 3. clear errors

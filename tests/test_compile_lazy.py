@@ -35,21 +35,29 @@ TARGET_NAMES = ("sm_80", "sm_90")
 
 _SIZE = {"fp32": 4, "fp64": 8, "fp16": 2, "bf16": 2}
 
-# (param, grad values, master) dtype configurations the launcher accepts.
+# (param, grad values, master) dtype configurations the launcher accepts; master is False,
+# True (fp32 masters) or "remainder" (the master as the bf16 param and an int16 remainder,
+# MASTER_REMAINDER). bf16 moments and stochastic rounding are refused in lazy mode.
 DTYPE_CONFIGS = [
     ("fp32", "fp32", False), ("fp64", "fp64", False),
     ("bf16", "bf16", True), ("bf16", "fp32", True), ("fp16", "fp16", True),
     ("fp16", "fp32", True), ("bf16", "bf16", False), ("fp16", "fp16", False),
+    ("bf16", "bf16", "remainder"), ("bf16", "fp32", "remainder"),
 ]
 ALL_MODES = [(a, c, d) for a in (False, True) for c in (False, True) for d in (False, True)]
 
 
-def expected_bytes(param: str, grad: str, master: bool, amsgrad: bool) -> tuple[int, int, int]:
+def expected_bytes(param: str, grad: str, master: bool | str,
+                   amsgrad: bool) -> tuple[int, int, int]:
     """(loads, stores, loop loads) per updated element at the memory floor."""
     c = 8 if param == "fp64" else 4  # compute dtype: moments (and the master)
-    p_read = c if master else _SIZE[param]
+    if master == "remainder":
+        # The master is the param and its int16 remainder, each read and written (2 + 2).
+        p_read, master_write = _SIZE[param] + 2, 2
+    else:
+        p_read, master_write = (c if master else _SIZE[param]), c * master
     loads = _SIZE[grad] + p_read + 2 * c + c * amsgrad
-    stores = _SIZE[param] + 2 * c + c * amsgrad + c * master
+    stores = _SIZE[param] + 2 * c + c * amsgrad + master_write
     return loads, stores, _SIZE[grad]
 
 
@@ -69,13 +77,16 @@ def specializations():
         block_w, num_warps = lazy.row_block_config(width)
         c = "fp64" if param == "fp64" else "fp32"
         # clip: a norm clip's scale and the value clip; amp: the loss scale and the skip flag.
+        remainder = master == "remainder"
         constexprs = lazy.lazy_kernel_constexprs(block_w=block_w, amsgrad=amsgrad,
                                                  coupled_decay=coupled,
-                                                 decoupled_decay=decoupled, master=master,
+                                                 decoupled_decay=decoupled, master=bool(master),
+                                                 master_remainder=remainder,
                                                  clip_scale=clip, clip_value=clip,
                                                  unscale=amp, skip_on_inf=amp)
         signature = {
-            "param_ptr": f"*{param}", "master_ptr": "*fp32", "values_ptr": f"*{grad}",
+            "param_ptr": f"*{param}", "master_ptr": "*i16" if remainder else "*fp32",
+            "values_ptr": f"*{grad}",
             "sorted_rows_ptr": "*i64", "perm_ptr": "*i64", "exp_avg_ptr": f"*{c}",
             "exp_avg_sq_ptr": f"*{c}", "max_exp_avg_sq_ptr": f"*{c}", "hyper_ptr": f"*{c}",
             "pows_in_ptr": f"*{c}", "pows_out_ptr": f"*{c}", "clip_scale_ptr": f"*{c}",
@@ -85,7 +96,8 @@ def specializations():
         }
         pointers = [k for k, v in signature.items() if v.startswith("*")]
         divisible_args = tuple(pointers) + (("width",) if divisible else ())
-        mode = " ".join([param, f"g:{grad}"] + ["master"] * master + ["amsgrad"] * amsgrad
+        mode = " ".join([param, f"g:{grad}"] + ["master"] * bool(master)
+                        + ["remainder"] * remainder + ["amsgrad"] * amsgrad
                         + ["coupled"] * coupled + ["decoupled"] * decoupled
                         + ["clip"] * clip + ["amp"] * amp
                         + [f"width:{width}", f"BLOCK_W:{block_w}", f"ints:{int_type}"])
@@ -342,6 +354,12 @@ def test_lazy_kernel_compiles_and_moves_the_floor_per_element():
                   f"{min(r['widths'])}-{max(r['widths'])} B | {r['registers']}")
     assert len(rows) == 2 * len({r["mode"] for r in rows}) >= 2 * 40
     assert any("clip amp" in r["mode"] for r in rows)
+    # The master as a remainder: bf16 g, p, rem 2 each + fp32 m, v read, p, rem + m, v written
+    # (14 + 12 B; 16 + 12 with fp32 gradient values), every mode.
+    remainder = [r for r in rows if "remainder" in r["mode"].split()]
+    assert len(remainder) == 2 * 14, [r["mode"] for r in remainder]
+    assert {(r["loads"], r["stores"]) for r in remainder if "g:bf16" in r["mode"]} == {
+        (14, 12), (18, 16)}
     for r in rows:
         what = f"{r['target']} {r['mode']}"
         assert "error" not in r, f"{what}: {r.get('error')}"
@@ -356,7 +374,11 @@ def test_lazy_kernel_compiles_and_moves_the_floor_per_element():
         if r["vector"]:
             widths = sorted(set(r["widths"]))
             assert widths == [16], f"{what}: per-element access widths {widths}"
-        if r["mode"].split()[0] in ("fp16", "bf16"):
+        if "remainder" in r["mode"].split():
+            # The param is the master's high half, rounded by integer arithmetic (ties away:
+            # kernels/common.py split_master), not by a conversion.
+            assert r["narrowing_rounding"] == [], f"{what}: {r['narrowing_rounding']}"
+        elif r["mode"].split()[0] in ("fp16", "bf16"):
             # The param is the fp32 value rounded to nearest even (cvt.rn), never truncated.
             assert r["narrowing_rounding"] == ["rn"], f"{what}: {r['narrowing_rounding']}"
         # Per-program traffic is scalar (ids, perm, hyper, pows): never a 16-byte vector.

@@ -44,6 +44,7 @@ HELPER_CASES = ["helpers_fsdp", "helpers_hsdp", "helpers_fsdp_mixed"]
 ERROR_CASES = list(W.ERROR_CASES)
 FSDP_CASES = ["fsdp_adam", "fsdp_clip", "fsdp_clip_mt", "hsdp_clip", "fsdp_mixed_clip_mt",
               "fsdp_resume_clip_mt", "fsdp_dcp_clip_mt"]
+LOWP_CASES = list(W.LOWP_CASES)
 
 def _launch(cases: list[str], out: pathlib.Path) -> dict:
     """Run ``cases`` in two worker processes; ``{case: [result of rank 0, rank 1]}`` with
@@ -59,7 +60,7 @@ def ddp_runs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fsdp_runs(tmp_path_factory):
-    return _launch(FSDP_CASES, tmp_path_factory.mktemp("fsdp"))
+    return _launch(FSDP_CASES + LOWP_CASES, tmp_path_factory.mktemp("fsdp"))
 
 
 def _results(runs: dict, case: str) -> list[dict]:
@@ -171,6 +172,45 @@ def test_fsdp_state_dict_is_the_shard_state(fsdp_runs):
                 assert tuple(value.shape) == (1,), (r, key)
     assert ranks[0]["local_shapes"]["4.weight"] == (1, W.HIDDEN2)
     assert ranks[1]["local_shapes"]["4.weight"] == (0, W.HIDDEN2)
+
+
+def _bitwise(actual, expected, what: str) -> None:
+    """Nested dicts of tensors: the same keys, dtypes, shapes and bits."""
+    if isinstance(expected, dict):
+        assert isinstance(actual, dict) and list(actual) == list(expected), \
+            f"{what}: keys {list(actual) if isinstance(actual, dict) else actual} != " \
+            f"{list(expected)}"
+        for key in expected:
+            _bitwise(actual[key], expected[key], f"{what}[{key!r}]")
+    elif isinstance(expected, torch.Tensor):
+        assert actual.dtype == expected.dtype and actual.shape == expected.shape, \
+            f"{what}: {actual.dtype} {tuple(actual.shape)} != {expected.dtype} " \
+            f"{tuple(expected.shape)}"
+        ints = {torch.float32: torch.int32, torch.bfloat16: torch.int16}
+        a, e = (t.view(ints[t.dtype]) if t.dtype in ints else t for t in (actual, expected))
+        differ = int((a != e).sum())
+        assert differ == 0, f"{what}: {differ} of {e.numel()} elements differ"
+    else:
+        assert actual == expected, f"{what}: {actual!r} != {expected!r}"
+
+
+@pytest.mark.parametrize("case", LOWP_CASES)
+def test_fsdp_low_precision_modes_equal_the_single_process_bitwise(fsdp_runs, case):
+    """issue 19's modes on FSDP2 shards of a bf16 model (uneven shards, an empty one on rank
+    1), with the gradients set to the single process's bits (``dist_worker.lowp_grads``):
+    remainder masters (amsgrad, value clipping), stochastic rounding with bf16 moments (its
+    random bits keyed by each element's offset in the whole tensor, so a shard draws the bits
+    the whole tensor would); an AMP skip; resumed from a single-process state split by
+    ``shard_full_state`` and through a torch.distributed.checkpoint detour. Params and the
+    gathered state (masters, moments, pows, step counts) bitwise those of one process."""
+    ranks = _results(fsdp_runs, case)
+    ref = W.lowp_reference(case)
+    assert ranks[1]["local_shapes"]["4.weight"] == (0, W.HIDDEN2)
+    # The skipped step (its gradients hold an inf) left no NaN behind.
+    assert all(bool(torch.isfinite(p.float()).all()) for p in ref["params"].values())
+    for r, res in enumerate(ranks):
+        _bitwise(res["params"], ref["params"], f"{case} rank {r} params")
+        _bitwise(res["full_state"], ref["state"], f"{case} rank {r} gathered state")
 
 
 @pytest.mark.parametrize("case", ERROR_CASES)

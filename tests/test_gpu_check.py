@@ -30,7 +30,7 @@ def test_dry_run_writes_every_output_and_says_the_gpu_parts_were_skipped(tmp_pat
     assert tests["collected"] > 100 and "test_kernel_adam.py" in tests["files"]
     assert "test_compile.py" not in tests["files"]  # compile-only: left to CI
     assert tests["runner"]["totals"]["passed"] == 2
-    assert "9/9 cases stepped" in parts["sanitizer"]["plumbing"]["output"]
+    assert "10/10 cases stepped" in parts["sanitizer"]["plumbing"]["output"]
     sweep = parts["sweep"]["plumbing"]
     assert len(sweep["dense"]) == len(sweep["multi_tensor"]) == len(sweep["configs"]) == 12
     assert sum(r["shipped"] for r in sweep["dense"]) == 1 and len(sweep["norm"]) == 4

@@ -580,6 +580,24 @@ def test_fsdp2_fused_clipping_takes_the_global_norm(fsdp_runs):
 
 
 @fsdp
+@pytest.mark.parametrize("case", W.LOWP_CASES)
+def test_fsdp2_low_precision_modes_equal_the_single_process_bitwise(fsdp_runs, case):
+    """issue 19's modes on FSDP2 shards of the bf16 MLP (an empty shard on rank 1), the
+    gradients set to the single process's bits, an AMP skip: ``master_weights`` as
+    remainders (amsgrad), and stochastic rounding with bf16 moments (random bits keyed by
+    each element's offset in the whole tensor, so a shard draws the bits the whole tensor
+    would). Params and the full optimizer state (``get_optimizer_state_dict``, step counts,
+    masters and moments) bitwise those of the face in one process, also after a
+    ``torch.distributed.checkpoint`` save and a resume in a fresh model and optimizer."""
+    ref = W.lowp_reference(case)
+    fresh = W.make_model(seed=999).to(torch.bfloat16)
+    for r, res in enumerate(_ranks(fsdp_runs, case)):
+        _check_against(res, ref, f"{case} rank {r}", bitwise=True)
+        if "loaded_params" in res:
+            assert not torch.equal(res["loaded_params"]["0.weight"], fresh[0].weight)
+
+
+@fsdp
 def test_fsdp2_grad_scaler_overflow_on_one_rank_skips_on_every_rank(fsdp_runs):
     """GradScaler under FSDP2, an inf in rank 0's shard only. GradScaler's inf check on
     DTensor gradients all-reduces the flag (DTensor's ``found_inf_reduce_handler``, a max over

@@ -25,7 +25,14 @@ Cases (``CASES``):
 * ``face_clip``: ``max_grad_norm=CLIP`` (the global norm over both ranks' shards);
 * ``scaler_overflow``: ``torch.amp.GradScaler("cpu")``; at ``OVERFLOW_STEP`` rank 0 alone
   writes an inf into its shard of a gradient; ``scaler_skip``: the same run with that step
-  left out (no ``scaler.step`` / ``update``).
+  left out (no ``scaler.step`` / ``update``);
+* ``lowp_*`` (issue 19's low-precision modes, ``LOWP_OPTIONS``): the same MLP in bf16 with
+  ``master_weights`` kept as remainders (amsgrad), or stochastic rounding with bf16 moments;
+  the gradients are set, not computed (every process draws the full gradients of a step,
+  each rank takes its shard: the optimizer sees the single process's bits), with an AMP
+  skip at ``LOWP_SKIP_STEP``; ``*_resume`` saves with ``torch.distributed.checkpoint`` after
+  ``RESUME_AT`` steps and resumes in a fresh model and optimizer. ``lowp_reference()`` is the
+  single-process run of the face, which the sharded runs must equal bit for bit.
 """
 
 from __future__ import annotations
@@ -50,8 +57,16 @@ LR, BETAS, EPS, WD = 0.01, (0.9, 0.999), 1e-8, 0.05
 CLIP = 0.05  # below every step's gradient norm (the test checks it): clipping is active
 INIT_SCALE = 2.0 ** 10
 
+LOWP_CASES = ("lowp_remainder", "lowp_remainder_resume", "lowp_sr", "lowp_sr_resume")
 CASES = ("torch", "face", "face_resume", "torch_to_face", "face_to_torch", "face_clip",
-         "scaler_overflow", "scaler_skip")
+         "scaler_overflow", "scaler_skip") + LOWP_CASES
+LOWP_OPTIONS = {
+    "remainder": dict(master_weights=True, master_weight_format="remainder", amsgrad=True),
+    "sr": dict(stochastic_rounding=True, moment_dtype=torch.bfloat16),
+}
+LOWP_SKIP_STEP = 1
+LOWP_GRAD_SCALE = 4.0
+LOWP_SEED = 4242
 
 
 def make_model(seed: int = 1234) -> torch.nn.Sequential:
@@ -121,6 +136,54 @@ def reference(clip: bool = False, skip_step: int | None = None) -> dict:
     state = {names[p]: {k: v.clone() for k, v in s.items()} for p, s in opt.state.items()}
     return {"params": {n: p.detach().clone() for n, p in model.named_parameters()},
             "state": state, "norms": norms}
+
+
+def _lowp_kind(case: str) -> str:
+    return case.split("_")[1]  # "lowp_sr_resume" -> "sr"
+
+
+def make_lowp_optimizer(case: str, params) -> torch.optim.Optimizer:
+    from triton_adam.optim import AdamW
+
+    return AdamW(params, lr=LR, betas=BETAS, eps=EPS, weight_decay=WD, seed=LOWP_SEED,
+                 **LOWP_OPTIONS[_lowp_kind(case)])
+
+
+def lowp_train(model, opt, steps) -> None:
+    """Set each step's gradients (the full ones, drawn the same in every process, times
+    LOWP_GRAD_SCALE, in bf16; a DTensor parameter gets its shard laid out like it; an inf
+    at LOWP_SKIP_STEP) and step with GradScaler's attributes."""
+    from triton_adam import distributed as D
+
+    for step in steps:
+        gen = torch.Generator().manual_seed(500 + step)
+        for name, p in model.named_parameters():
+            g = torch.randn(tuple(p.shape), generator=gen)
+            if step == LOWP_SKIP_STEP and name == "0.weight":
+                g[0, 0] = float("inf")
+            g = (g * LOWP_GRAD_SCALE).to(p.dtype)
+            if D.is_dtensor(p):
+                from torch.distributed.tensor import DTensor
+
+                g = DTensor.from_local(D.local_shard_like(g, p), p.device_mesh, p.placements,
+                                       run_check=False, shape=p.shape, stride=p.stride())
+            p.grad = g
+        opt.grad_scale = torch.tensor([LOWP_GRAD_SCALE])
+        opt.found_inf = torch.tensor([1.0 if step == LOWP_SKIP_STEP else 0.0])
+        opt.step()
+        opt.zero_grad()
+
+
+def lowp_reference(case: str) -> dict:
+    """The single-process run of a ``lowp_*`` case (the face, bf16 model): final params and
+    the state by parameter name."""
+    model = make_model().to(torch.bfloat16)
+    opt = make_lowp_optimizer(case, model.parameters())
+    lowp_train(model, opt, range(STEPS))
+    names = {p: n for n, p in model.named_parameters()}
+    state = {names[p]: {k: v.clone() for k, v in s.items()} for p, s in opt.state.items()}
+    return {"params": {n: p.detach().clone() for n, p in model.named_parameters()},
+            "state": state}
 
 
 # ------------------------------------------------------------------------------ distributed
@@ -193,16 +256,22 @@ def _save(model, opt, path: str) -> None:
 
 def _load_fresh(kind: str, path: str, world: int):
     """A fresh model (another init, so the load must restore the params) and optimizer of
-    ``kind``, loaded from the checkpoint at ``path`` the way torch's docs show it."""
+    ``kind`` (an optimizer kind, or a ``lowp_*`` case: its bf16 model and options), loaded
+    from the checkpoint at ``path`` the way torch's docs show it."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (get_model_state_dict,
                                                          get_optimizer_state_dict,
                                                          set_model_state_dict,
                                                          set_optimizer_state_dict)
 
-    model = make_model(seed=999)
-    _shard(model, world)
-    opt = make_optimizer(kind, model.parameters())
+    if kind.startswith("lowp_"):
+        model = make_model(seed=999).to(torch.bfloat16)
+        _shard(model, world)
+        opt = make_lowp_optimizer(kind, model.parameters())
+    else:
+        model = make_model(seed=999)
+        _shard(model, world)
+        opt = make_optimizer(kind, model.parameters())
     sd = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
     dcp.load(sd, checkpoint_id=path)
     set_model_state_dict(model, sd["model"])
@@ -234,6 +303,26 @@ def run_training_case(case: str, rank: int, world: int, scratch: str) -> dict:
     out = {"loaded_params": {n: p.full_tensor().detach().clone()
                              for n, p in model.named_parameters()}}
     _train(model, opt, range(RESUME_AT, STEPS), rank, world)
+    out.update(_outputs(model, opt))
+    return out
+
+
+def run_lowp_case(case: str, rank: int, world: int, scratch: str) -> dict:
+    """A ``lowp_*`` case on FSDP2 shards: ``STEPS`` steps, or ``RESUME_AT`` steps, a
+    checkpoint and a fresh model and optimizer loading it for the rest."""
+    model = make_model().to(torch.bfloat16)
+    _shard(model, world)
+    opt = make_lowp_optimizer(case, model.parameters())
+    if not case.endswith("_resume"):
+        lowp_train(model, opt, range(STEPS))
+        return _outputs(model, opt)
+    lowp_train(model, opt, range(RESUME_AT))
+    path = os.path.join(scratch, f"dcp_{case}")
+    _save(model, opt, path)
+    model, opt = _load_fresh(case, path, world)
+    out = {"loaded_params": {n: p.full_tensor().detach().clone()
+                             for n, p in model.named_parameters()}}
+    lowp_train(model, opt, range(RESUME_AT, STEPS))
     out.update(_outputs(model, opt))
     return out
 
@@ -299,6 +388,8 @@ def run_scaler_case(case: str, rank: int, world: int) -> dict:
 def _run_case(case: str, rank: int, world: int, out_dir: str) -> dict:
     if case.startswith("scaler"):
         return run_scaler_case(case, rank, world)
+    if case.startswith("lowp_"):
+        return run_lowp_case(case, rank, world, out_dir)
     return run_training_case(case, rank, world, out_dir)
 
 

@@ -3,8 +3,11 @@
 A ``Bucket`` holds the parameters of one ``(device, param dtype)`` combination. It owns
 
 * the optimizer state of its members in flat buffers, one allocation per buffer per bucket
-  (``moment1``, ``moment2``, ``moment2_max``), each member's state a view of its region; every
-  region starts at a multiple of ``STATE_ALIGN`` elements, so every view is 16-byte aligned;
+  (``moment1``, ``moment2``, ``moment2_max``, and the fp16/bf16 master weights: float32
+  ``master``, or with ``master_weight_format="remainder"`` the int16 ``remainder`` of bf16
+  params, whose master is the param and its remainder together), each member's state a view
+  of its region; every region starts at a multiple of ``STATE_ALIGN`` elements, so every view
+  is 16-byte aligned;
 * a device table of per-member hyper-parameters (``HYPER_*`` columns: learning-rate scale,
   betas, epsilon, decay coefficients) and a two-slot table of beta pows;
 * for ``use_multi_tensor=True``, the launch tables of the multi-tensor kernel: an int64 row per
@@ -68,6 +71,11 @@ class MemberConfig:
     # .norm_reduction); always True in one process and under DDP. The member is still
     # updated and scaled either way.
     norm_owner: bool = True
+    # The random stream of stochastic rounding (kernels/common.py, ``philox_bits``): the
+    # parameter's index in its optimizer, and its local tensor's first element in the whole
+    # tensor (an FSDP2 shard's; 0 otherwise), so every element has its own bits.
+    rng_stream: int = 0
+    rng_offset: int = 0
 
 
 @dataclass
@@ -100,7 +108,9 @@ class Bucket:
     def __init__(self, params: Sequence[torch.Tensor], configs: Sequence[MemberConfig], *,
                  amsgrad: bool, multi_tensor: bool, grad_dtype: torch.dtype | None = None,
                  multi_precision: bool = False, capturable: bool = False,
-                 bias_from_step: bool = False) -> None:
+                 bias_from_step: bool = False, master_remainder: bool = False,
+                 moment_dtype: torch.dtype | None = None, stochastic_rounding: bool = False,
+                 seed: int = 0) -> None:
         if not params:
             raise ValueError("a bucket needs at least one parameter")
         self.params = list(params)  # what the user holds: .grad, .requires_grad, names
@@ -117,12 +127,26 @@ class Bucket:
         # fp32 master weights for fp16/bf16 params (multi_precision); without them fp16/bf16
         # params are still computed in fp32 with fp32 moments, and rounded at every step.
         self.has_master = multi_precision and self.param_dtype in K.LOW_PRECISION
+        # ``master_weight_format="remainder"``: a bf16 bucket keeps each master as its param
+        # plus an int16 remainder (kernels/common.py), not as a float32 copy. (fp16 params are
+        # refused by the engine: an fp16 value and 16 bits cannot hold every fp32 master.)
+        self.master_remainder = (self.has_master and master_remainder
+                                 and self.param_dtype == torch.bfloat16)
         self.amsgrad = amsgrad
         self.multi_tensor = multi_tensor
         # Capturable: every step passes the same launch arguments (see ``launch``).
         self.capturable = capturable
         # torch's bias corrections (from the step count and the current betas)
         self.bias_from_step = bias_from_step
+        # bf16 moments (``moment_dtype``) apply to buckets computed in float32; the kernels
+        # compute in float32 and store them rounded stochastically. (The engine refuses
+        # float64 params with bf16 moments.)
+        self.moment_dtype = (moment_dtype if moment_dtype is not None
+                             and self.compute_dtype == torch.float32 else self.compute_dtype)
+        # Stochastic rounding of the params themselves: bf16 params without master weights.
+        self.stochastic_rounding = (stochastic_rounding and not self.has_master
+                                    and self.param_dtype == torch.bfloat16)
+        self.seed = seed  # the Philox key of both (kernels/common.py)
         self._retired: list[object] = []  # see _retire
         self._fill_index: dict[tuple[int, ...], torch.Tensor] = {}  # see fill_columns
         self._derive()
@@ -141,12 +165,15 @@ class Bucket:
         self.created = [False] * n  # state exists (Paddle: the member has had a step)
         self._created_key: tuple[bool, ...] | None = None  # an active set fully created
 
-        dev, cdt = self.device, self.compute_dtype
-        self.moment1 = torch.zeros(total, dtype=cdt, device=dev)
-        self.moment2 = torch.zeros(total, dtype=cdt, device=dev)
-        self.moment2_max = torch.zeros(total, dtype=cdt, device=dev) if amsgrad else None
-        self.master = (torch.zeros(total, dtype=torch.float32, device=dev) if self.has_master
-                       else None)
+        dev, cdt, mdt = self.device, self.compute_dtype, self.moment_dtype
+        self.moment1 = torch.zeros(total, dtype=mdt, device=dev)
+        self.moment2 = torch.zeros(total, dtype=mdt, device=dev)
+        self.moment2_max = torch.zeros(total, dtype=mdt, device=dev) if amsgrad else None
+        self.master = (torch.zeros(total, dtype=torch.float32, device=dev)
+                       if self.has_master and not self.master_remainder else None)
+        # The low halves of the masters of a remainder bucket (the params are the high halves).
+        self.remainder = (torch.zeros(total, dtype=torch.int16, device=dev)
+                          if self.master_remainder else None)
         # Host-built rows reach the device asynchronously: a bucket is also built mid-run,
         # when a parameter first gets a gradient (an MoE expert's first tokens).
         self.hyper = self._upload_hyper()
@@ -173,6 +200,8 @@ class Bucket:
         self._host_table[:, K.COL_NUMEL] = self.numels
         self._host_table[:, K.COL_STATE_OFFSET] = self.offsets
         self._host_table[:, K.COL_CLIP_INDEX] = self.clip_index
+        self._host_table[:, K.COL_RNG_STREAM] = [c.rng_stream for c in configs]
+        self._host_table[:, K.COL_RNG_OFFSET] = [c.rng_offset for c in configs]
         self._built_grads: list[weakref.ref | None] = [None] * n
         self._built_gptr = [0] * n
         self._built_pptr = [-1] * n
@@ -492,14 +521,53 @@ class Bucket:
         """First step of ``members``: pows of tensor betas start at the tensor's value, and
         master weights are the param cast to float32 (Paddle's ``cast(param, float32)``)."""
         for j in members:
-            if self.master is not None:
-                self.state_view(self.master, j).copy_(self.locals[j])
+            self._reload_master(j)
             for col, t in self.configs[j].tensor_hypers.items():
                 if col in (K.HYPER_BETA1, K.HYPER_BETA2):
                     which = col - K.HYPER_BETA1
                     self.pows[self.current_slot(j), j, which:which + 1].copy_(
                         t.detach().reshape(1))
             self.created[j] = True
+
+    def _reload_master(self, j: int) -> None:
+        """Member ``j``'s master becomes its param's value: the param cast to float32, or a
+        zero remainder (the pair is then exactly the param)."""
+        if self.master is not None:
+            self.state_view(self.master, j).copy_(self.locals[j])
+        elif self.remainder is not None:
+            self.state_view(self.remainder, j).zero_()
+
+    def master_state(self, j: int | None = None) -> torch.Tensor | None:
+        """What the kernels take as ``master``: the float32 masters, or the int16 remainders
+        of a remainder bucket; member ``j``'s region (shaped like its param), or the flat
+        buffer when ``j`` is None; None without master weights."""
+        buffer = self.master if self.master is not None else self.remainder
+        if buffer is None or j is None:
+            return buffer
+        return self.state_view(buffer, j)
+
+    def master_of(self, j: int) -> torch.Tensor:
+        """Member ``j``'s float32 master weights, shaped like its param: a live view of the
+        master buffer, or (remainder buckets) a new tensor rebuilt from the param and its
+        remainder, which later steps do not update."""
+        if self.master is not None:
+            return self.state_view(self.master, j)
+        assert self.remainder is not None
+        return C.join_master_host(self.locals[j].detach(), self.state_view(self.remainder, j))
+
+    def load_master(self, j: int, master: torch.Tensor) -> None:
+        """Make ``master`` (float32, shaped like member ``j``'s param) member ``j``'s
+        master. A remainder bucket splits it: the param is written too (it is the master's
+        high half, rounded to nearest with ties away from zero), so a load changes the param
+        as the next step of the fp32-master mode would."""
+        if self.master is not None:
+            self.state_view(self.master, j).copy_(master)
+            return
+        assert self.remainder is not None
+        param, rem = C.split_master_host(master.detach().to(self.device))
+        with torch.no_grad():
+            self.locals[j].copy_(param.view(self.shapes[j]))
+        self.state_view(self.remainder, j).copy_(rem.view(self.shapes[j]))
 
     def needs_tables(self) -> bool:
         """Whether a step uses the device tables (multi-tensor update or a norm pass)."""
@@ -527,7 +595,7 @@ class Bucket:
             if plan.created:
                 self._create(plan.created)
             for j in plan.reload_master:
-                self.state_view(self.master, j).copy_(self.locals[j])
+                self._reload_master(j)
             self._created_key = plan.active
             if self.multi_tensor:
                 self._launch_multi(plan, lr, clip_scales, grad_scale, found_inf)
@@ -544,7 +612,7 @@ class Bucket:
         updated = [p for p, g in zip(self.locals, plan.grads) if g is not None]
         updated += [self.locals[j] for j, _ in plan.sparse]
         buffers = [b for b in (self.moment1, self.moment2, self.moment2_max, self.master,
-                               self.pows) if b is not None]
+                               self.remainder, self.pows) if b is not None]
         _increment_version(updated + buffers)
         if self._seen_version is not None:
             for j in [j for j, g in enumerate(plan.grads) if g is not None] + \
@@ -577,9 +645,11 @@ class Bucket:
                 coupled_decay=self.coupled_decay, decoupled_decay=self.decoupled_decay,
                 clip_scale=clip_scales[c:c + 1] if self.clip_scale else None,
                 clip_value=self.clip_value,
-                master=None if self.master is None else self.state_view(self.master, j),
-                grad_scale=grad_scale, found_inf=found_inf, maximize=self.maximize,
-                bias_from_step=self.bias_from_step)
+                master=self.master_state(j), grad_scale=grad_scale, found_inf=found_inf,
+                maximize=self.maximize,
+                bias_from_step=self.bias_from_step,
+                stochastic_rounding=self.stochastic_rounding, seed=self.seed,
+                rng_stream=self.configs[j].rng_stream, rng_offset=self.configs[j].rng_offset)
             self._advance_slot(j)
             self._remember(j, g)
         for j, g in plan.sparse:
@@ -607,7 +677,7 @@ class Bucket:
             None if self.moment2_max is None else self.state_view(self.moment2_max, j),
             self.hyper[j], self.pows[s, j], self.pows[1 - s, j], lr=lr,
             coupled_decay=self.coupled_decay, decoupled_decay=self.decoupled_decay,
-            master=None if self.master is None else self.state_view(self.master, j),
+            master=self.master_state(j),
             clip_scale=clip_scales[c:c + 1] if c > 0 else None,
             clip_value=self.configs[j].clip_value, grad_scale=grad_scale, found_inf=found_inf,
             maximize=self.maximize, bias_from_step=self.bias_from_step)
@@ -659,8 +729,9 @@ class Bucket:
             grad_dtype=self.grad_dtype, aligned=True,  # each row's addresses decide, on the device
             coupled_decay=self.coupled_decay, decoupled_decay=self.decoupled_decay,
             clip_scales=clip_scales if self.clip_scale else None, clip_value=self.clip_value,
-            master=self.master, grad_scale=grad_scale, found_inf=found_inf,
-            maximize=self.maximize, bias_from_step=self.bias_from_step)
+            master=self.master_state(), grad_scale=grad_scale, found_inf=found_inf,
+            maximize=self.maximize, bias_from_step=self.bias_from_step,
+            stochastic_rounding=self.stochastic_rounding, seed=self.seed)
         # Sparse (lazy) members after the dense launch, whose pow pass copied their pows into
         # slot 1 - s: the row kernel overwrites them there with the advanced ones.
         for j, g in plan.sparse:

@@ -33,9 +33,10 @@ __all__ = [
 ]
 
 # state_dict key suffixes (``{param_name}_{[opt_name_]}{acc}_0``, triton_adam.state): the
-# moments are shaped like the parameter (sharded like it), the pows are per-parameter scalars.
+# moments are shaped like the parameter (sharded like it), the pows and the step counts (the
+# stochastic modes' random streams) are per-parameter scalars.
 MOMENT_ACCUMULATORS = ("moment1", "moment2", "moment2_max")
-ACCUMULATORS = MOMENT_ACCUMULATORS + ("beta1_pow_acc", "beta2_pow_acc")
+ACCUMULATORS = MOMENT_ACCUMULATORS + ("beta1_pow_acc", "beta2_pow_acc", "step")
 # An accumulator key, as triton_adam.state reads it: any trailing counter (``_1`` from a
 # process that had built another optimizer; set_state_dict accepts it), a greedy prefix.
 _ACC_KEY = re.compile(r"(.+)_(" + "|".join(ACCUMULATORS) + r")_(\d+)", re.DOTALL)
@@ -146,8 +147,10 @@ def state_as_dtensors(state: Mapping[str, Any],
         dcp.load({"optim": state_as_dtensors(state, params)}, checkpoint_id=path)
         opt.set_state_dict(state)  # the loaded pows (and scheduler) into the optimizer
 
-    ``dcp.load`` writes the moments in place through the views; the pows land in the copies,
-    which ``set_state_dict`` then loads."""
+    ``dcp.load`` writes the moments in place through the views; the pows (and the step
+    counts, bf16 moments and remainder-format masters, which ``state_dict()`` returns as
+    copies) land in the dict, which ``set_state_dict`` then loads: the call above is needed
+    whatever the mode."""
     def wrap(local: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         if not is_dtensor(like):
             return local

@@ -45,7 +45,8 @@ import torch
 
 __all__ = [
     "NormReduction", "all_reduce_sum_", "check_grad_placement", "full_tensor_like",
-    "is_dtensor", "is_sharded", "local_shard_like", "local_tensor", "norm_reduction",
+    "global_offset", "is_dtensor", "is_sharded", "local_shard_like", "local_tensor",
+    "norm_reduction",
 ]
 
 
@@ -228,6 +229,23 @@ def all_reduce_sum_(tensor: torch.Tensor, group: Any, *, async_op: bool = False)
 
 
 # ------------------------------------------------------------------------ state of a sharded run
+def global_offset(t: torch.Tensor) -> int:
+    """Where ``t``'s local tensor starts in the whole tensor, in elements of the whole
+    (row-major) tensor: 0 for a plain tensor. For a dim-0 shard (FSDP2's default) the local
+    elements are that many places on in the whole tensor, in order; for other splits it is
+    the offset of the local tensor's first element (distinct per shard, not a mapping of
+    every element). Host arithmetic on the placements, no communication."""
+    if not is_sharded(t):
+        return 0
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    _, offset = compute_local_shape_and_global_offset(t.shape, t.device_mesh, t.placements)
+    strides = [1] * len(t.shape)
+    for d in range(len(t.shape) - 2, -1, -1):
+        strides[d] = strides[d + 1] * t.shape[d + 1]
+    return sum(o * s for o, s in zip(offset, strides))
+
+
 def full_tensor_like(local: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """The whole tensor whose local shard on this rank is ``local``, sharded as ``like`` (a
     parameter); ``local`` itself if ``like`` is not a DTensor. A collective (an all-gather

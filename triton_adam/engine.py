@@ -21,6 +21,23 @@ It owns everything else: the parameters' slots in buckets by (device, dtypes)
 their staleness checks, the norm outputs of clipping (``triton_adam.clip_plan``), the launch
 sequence of a step (norm pass, finalize, update), master weights and DTensor local shards.
 
+Master weights come in two formats (``master_format``), the same numbers either way: float32
+copies (``"fp32"``), or for bf16 parameters the parameter itself plus an int16 remainder per
+element (``"remainder"``, ``kernels/common.py``: 2 B less state and 2 B less traffic per
+parameter and step, the masters, moments and pows bit-identical to ``"fp32"``; the parameter is
+the master rounded to nearest with ties away from zero, where ``"fp32"`` rounds ties to even).
+Front ends see float32 masters in both: ``state(i)["master"]`` rebuilds them (a new tensor in
+the remainder format, not a live view) and ``load_state`` splits loaded ones (writing the
+parameter, the master's high half).
+
+Moments may be kept in bfloat16 (``moment_dtype``: parameters computed in float32; float64 ones
+are refused), and bf16 parameters without master weights may be written with stochastic
+rounding (``stochastic_rounding``); both round stochastically with Philox bits keyed by
+``seed``, each tensor's step count and each element's offset (``kernels/common.py``), so
+steps are deterministic, per-tensor and bucketed launches agree bit for bit, and a resumed run
+continues the same stream. Front ends still see float32 moments: ``state(i)`` widens bf16
+moments (new tensors, exact), ``load_state`` rounds loaded ones to nearest even.
+
 A step, as data::
 
     grads (param.grad, or given)     -> every bucket validates its members (no device work)
@@ -46,7 +63,31 @@ from triton_adam.clip_plan import DeviceClipper
 from triton_adam.kernels import adam as K
 from triton_adam.kernels import norm as N
 
-__all__ = ["ACCUMULATORS", "Engine", "NormClip", "ParamConfig", "ValueClip", "zero_in_place"]
+__all__ = ["ACCUMULATORS", "MASTER_FORMATS", "MOMENT_DTYPES", "Engine", "NormClip", "ParamConfig", "ValueClip",
+           "check_rounding_options", "zero_in_place"]
+
+# How master weights are kept (see the module docstring).
+MASTER_FORMATS = ("fp32", "remainder")
+# The dtypes moments may be kept in (see the module docstring).
+MOMENT_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def check_rounding_options(moment_dtype: object, stochastic_rounding: object, seed: object,
+                           master_weights: object) -> None:
+    """``moment_dtype``, ``stochastic_rounding`` and ``seed`` as every front end takes them
+    (raises ValueError / TypeError; changes nothing)."""
+    if moment_dtype not in MOMENT_DTYPES:
+        raise ValueError(f"moment_dtype must be torch.float32 or torch.bfloat16, got "
+                         f"{moment_dtype!r}")
+    if not isinstance(stochastic_rounding, bool):
+        raise TypeError(f"stochastic_rounding must be a bool, got "
+                        f"{type(stochastic_rounding).__name__}")
+    if stochastic_rounding and master_weights:
+        raise ValueError("stochastic_rounding=True rounds bfloat16 parameters that have no "
+                         "master weights; with master weights the parameter is a rounded copy "
+                         "of the master (turn one of them off)")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < K.SEED_LIMIT:
+        raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
 
 # The engine's names of a parameter's state: the moments (``max_exp_avg_sq`` with amsgrad),
 # fp32 master weights (fp16/bf16 parameters with master weights), and the bias-correction
@@ -130,6 +171,9 @@ class Engine:
         configure: ``configure(index) -> ParamConfig`` for ``params[index]``.
         amsgrad: keep ``max_exp_avg_sq`` and use it in the denominator.
         master_weights: fp32 master weights for fp16/bf16 parameters.
+        master_format: how they are kept (``MASTER_FORMATS``): ``"fp32"`` float32 copies;
+            ``"remainder"`` (bf16 parameters only; fp16 ones are refused) the parameter plus
+            an int16 remainder, the same master bits (see the module docstring).
         multi_tensor: one launch per bucket instead of one per tensor (same results).
         label_of: ``label_of(index)`` names a parameter in errors raised before any
             configuration exists (default: ``params[index]``).
@@ -144,6 +188,12 @@ class Engine:
         bias_from_step: bias corrections ``1 - beta ** t`` from the current betas and the
             step number (torch's), computed in the kernels, instead of the stored pows, the
             product of the betas of every step (Paddle's). Either way the state keeps both.
+        moment_dtype: ``torch.float32`` (default: the compute dtype) or ``torch.bfloat16``:
+            the moments of parameters computed in float32, stored rounded stochastically.
+        stochastic_rounding: write bfloat16 parameters (without master weights) rounded
+            stochastically instead of to nearest even; refused with master weights or
+            float16 parameters.
+        seed: the key of the stochastic rounding's random stream, an int in ``[0, 2^63)``.
     """
 
     def __init__(self, params: Sequence[torch.Tensor],
@@ -151,7 +201,17 @@ class Engine:
                  master_weights: bool = False, multi_tensor: bool = False,
                  label_of: Callable[[int], str] | None = None,
                  capturable: bool = False, lr_slots: int = 1, device_lr: bool = False,
-                 bias_from_step: bool = False) -> None:
+                 bias_from_step: bool = False, master_format: str = "fp32",
+                 moment_dtype: torch.dtype = torch.float32, stochastic_rounding: bool = False,
+                 seed: int = 0) -> None:
+        if not isinstance(master_format, str) or master_format not in MASTER_FORMATS:
+            raise ValueError(f"master_format must be one of {MASTER_FORMATS}, got "
+                             f"{master_format!r}")
+        check_rounding_options(moment_dtype, stochastic_rounding, seed, master_weights)
+        self.master_format = master_format
+        self.moment_dtype = moment_dtype
+        self.stochastic_rounding = stochastic_rounding
+        self.seed = seed
         self.params = list(params)
         self._configure = configure
         self._label_of = label_of or (lambda i: f"params[{i}]")
@@ -199,7 +259,27 @@ class Engine:
             if not D.local_tensor(p).is_contiguous():
                 raise ValueError(f"{self._label_of(i)} is not contiguous: the kernels update a "
                                  "parameter in place over its storage")
+            if (self.master_weights and self.master_format == "remainder"
+                    and p.dtype == torch.float16):
+                # bf16 shares fp32's exponent, so (bf16, low 16 bits) is any fp32 value; an
+                # fp16 value has 5 exponent bits and cannot be the high half of every master.
+                raise TypeError(f"{self._label_of(i)} is float16: master weights as remainders "
+                                "are for bfloat16 parameters (an fp16 value and 16 more bits "
+                                "cannot hold every float32 master); use master_weight_format="
+                                "'fp32' or bfloat16 parameters")
+            if self.moment_dtype == torch.bfloat16 and p.dtype == torch.float64:
+                raise TypeError(f"{self._label_of(i)} is float64: bfloat16 moments are for "
+                                "parameters computed in float32 (float32, bfloat16, float16)")
+            if self.stochastic_rounding and p.dtype == torch.float16:
+                raise TypeError(f"{self._label_of(i)} is float16: stochastic_rounding writes "
+                                "bfloat16 parameters (use bfloat16, or master weights)")
         self._check_no_shared_memory()
+
+    @property
+    def draws_random_bits(self) -> bool:
+        """Whether steps round stochastically (bf16 moments, or ``stochastic_rounding``):
+        then each parameter's step count keys its random stream and is part of its state."""
+        return self.moment_dtype != torch.float32 or self.stochastic_rounding
 
     def add_params(self, params: Sequence[torch.Tensor], lr_slots: int | None = None) -> None:
         """Take more parameters (indices ``len(self.params)`` on, in order), e.g. a new
@@ -320,7 +400,8 @@ class Engine:
             clip_index = self._clip_entry(config.clip)
         return MemberConfig(hyper=row, tensor_hypers=tensors, what=config.label,
                             clip_index=clip_index, clip_value=clip_value, lazy=config.lazy,
-                            norm_owner=self._norm_rule.owners[index])
+                            norm_owner=self._norm_rule.owners[index], rng_stream=index,
+                            rng_offset=D.global_offset(param))
 
     def reconfigure(self, indices: Iterable[int]) -> None:
         """Ask ``configure`` again for ``params[indices]`` (their options changed): the new
@@ -384,7 +465,10 @@ class Engine:
                           amsgrad=self.amsgrad, multi_tensor=self.multi_tensor,
                           grad_dtype=grad_dtype_of(first),
                           multi_precision=self.master_weights, capturable=self.capturable,
-                          bias_from_step=self.bias_from_step)
+                          bias_from_step=self.bias_from_step,
+                          master_remainder=self.master_format == "remainder",
+                          moment_dtype=self.moment_dtype,
+                          stochastic_rounding=self.stochastic_rounding, seed=self.seed)
 
         for bucket in group_into_buckets([self.params[i] for i in indices], make):
             for j, p in enumerate(bucket.params):
@@ -649,23 +733,36 @@ class Engine:
         """``params[index]``'s state by accumulator name, empty before it has any.
 
         Moments and master weights are live views, shaped like the parameter (its local shard
-        for a DTensor); the pows are ``[1]`` views of the slot the next step reads, which
+        for a DTensor), except bfloat16 moments (``moment_dtype``), which are widened to
+        float32 (new tensors, exact; load them to change the state); the pows are ``[1]`` views of the slot the next step reads, which
         alternates between steps: copy them to keep them. Writing into the views (a load)
-        changes the state.
+        changes the state. Exception: with ``master_format="remainder"`` the master of a bf16
+        parameter is a new float32 tensor rebuilt from the parameter and its remainder (the
+        value now; later steps do not change it, writing into it changes nothing: load it).
         """
         if not self.has_state(index):
             return {}
         return self._views(index)
 
-    def _views(self, index: int) -> dict[str, torch.Tensor]:
+    def _views(self, index: int, rebuild_master: bool = True) -> dict[str, torch.Tensor]:
+        """The state of ``params[index]`` by name (see ``state``); without
+        ``rebuild_master`` (a load's destinations) a remainder-format master is left out (not
+        rebuilt) and bf16 moments are the live views (not widened)."""
         bucket, j = self._where[index]
         out = {}
         for name in self.accumulators(index):
+            if name == "master" and bucket.master_remainder and not rebuild_master:
+                continue
             if name in _POW_OF:
                 which = _POW_OF[name]
                 out[name] = bucket.pows[bucket.current_slot(j), j, which:which + 1]
+            elif name == "master":
+                out[name] = bucket.master_of(j)
             else:
-                out[name] = bucket.state_view(getattr(bucket, _BUFFER_OF[name]), j)
+                view = bucket.state_view(getattr(bucket, _BUFFER_OF[name]), j)
+                if rebuild_master and view.dtype != bucket.compute_dtype:
+                    view = view.to(bucket.compute_dtype)  # bf16 moments, widened exactly
+                out[name] = view
         return out
 
     def load_state(self, values: Mapping[int, Mapping[str, torch.Tensor]]) -> None:
@@ -673,18 +770,30 @@ class Engine:
         created (the next step continues from it), creating their slots first. The caller
         has checked names, shapes and dtypes (``state_dtype``, the parameter's local shape);
         a value that overlaps this engine's own state is read before anything is written.
-        Loaded master weights win over the parameters' current values."""
+        Loaded master weights win over the parameters' current values; a remainder-format
+        master is split, and the parameter written (it is the master's high half)."""
         self.ensure_state(values)
         copies = []
+        masters = []  # (bucket, member, float32 master) of remainder buckets
         for index, accs in values.items():
-            views = self._views(index)
+            names = self.accumulators(index)
+            views = self._views(index, rebuild_master=False)
+            bucket, j = self._where[index]
             for name, value in accs.items():
-                if name not in views:
+                if name not in names:
                     raise KeyError(f"{self.params_label(index)} has no accumulator {name!r}")
-                copies.append((views[name], value))
+                if name == "master" and bucket.master_remainder:
+                    masters.append((bucket, j, value))
+                else:
+                    copies.append((views[name], value))
         with torch.no_grad():
+            # The masters are split (read) before any copy writes the state they may overlap.
+            splits = [(bucket, j, value.detach().to(torch.float32).clone())
+                      for bucket, j, value in masters]
             for dst, src in self._unalias(copies):
                 dst.copy_(src)
+            for bucket, j, value in splits:
+                bucket.load_master(j, value)
         for index in values:
             bucket, j = self._where[index]
             bucket.created[j] = True  # the first step must not re-initialize what was loaded
@@ -702,7 +811,7 @@ class Engine:
         copy first, or dropped when it is its own destination."""
         spans = [_span(b) for bucket in self._buckets
                  for b in (bucket.moment1, bucket.moment2, bucket.moment2_max, bucket.master,
-                           bucket.pows) if b is not None]
+                           bucket.remainder, bucket.pows) if b is not None]
         out = []
         for dst, src in copies:
             device, lo, hi = _span(src)

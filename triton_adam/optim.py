@@ -28,7 +28,9 @@ device (``lr_scheduler``'s in-place updates of a tensor ``lr`` are seen) and ``c
 steps replay the current rates.
 
 **Extras** torch's optimizers lack, each a keyword: ``master_weights`` (fp32 master weights of
-bf16/fp16 parameters), ``max_grad_norm`` (global gradient-norm clipping fused into the step;
+bf16/fp16 parameters; ``master_weight_format="remainder"`` keeps a bf16 parameter's master as
+the parameter plus an int16 remainder, the same master bits in 2 B less per parameter),
+``max_grad_norm`` (global gradient-norm clipping fused into the step;
 the norm of the last step as the device tensor ``grad_norm``), ``lazy_sparse`` (a sparse
 gradient updates only its rows).
 
@@ -65,7 +67,8 @@ from torch.optim import Optimizer
 
 from triton_adam import dtensor as D
 from triton_adam import torch_state as TS
-from triton_adam.engine import Engine, NormClip, ParamConfig, zero_in_place
+from triton_adam.engine import (MASTER_FORMATS, Engine, NormClip, ParamConfig,
+                                check_rounding_options, zero_in_place)
 
 __all__ = ["Adam", "AdamW"]
 
@@ -78,7 +81,8 @@ SPARSE_GRADIENT_ERROR = (
 _SWITCH_KEYS = ("amsgrad", "maximize", "foreach", "capturable", "differentiable", "fused",
                 "decoupled_weight_decay")
 # Options of the whole optimizer, not of a group: a group that names one must agree.
-_OPTIMIZER_WIDE = ("master_weights", "max_grad_norm", "lazy_sparse")
+_OPTIMIZER_WIDE = ("master_weights", "master_weight_format", "max_grad_norm", "lazy_sparse",
+                   "moment_dtype", "stochastic_rounding", "seed")
 # The engine's norm output of max_grad_norm (one global norm).
 _NORM_KEY = "max_grad_norm"
 _MISSING = object()
@@ -164,6 +168,27 @@ class Adam(Optimizer):
         master_weights: keep fp32 master weights of bf16/fp16 parameters (updated in fp32,
             rounded into the parameter at every step; exported as the state entry
             ``'master'``). Optimizer-wide.
+        master_weight_format: how those master weights are kept: ``"fp32"`` (default) or
+            ``"remainder"`` (needs ``master_weights=True``; bfloat16 parameters only, float16
+            ones are refused): the parameter is the master's high half, rounded to nearest
+            with ties away from zero, and an int16 remainder the low half, so the master is
+            rebuilt exactly: the same masters, moments and steps as ``"fp32"`` bit for bit,
+            2 B less state and traffic per parameter (the parameter differs from ``"fp32"``'s
+            by one bf16 ulp where the master lies exactly halfway and ties-to-even would
+            round down). The state entry ``'master'`` is still float32, rebuilt (a new
+            tensor, not a live view); loading one splits it (writing the parameter).
+            Optimizer-wide.
+        moment_dtype: ``torch.float32`` (default) or ``torch.bfloat16``: keep ``exp_avg``,
+            ``exp_avg_sq`` (and ``max_exp_avg_sq``) in bf16, computed in float32 and stored
+            rounded stochastically (unbiased); the state dict carries them as float32 (new
+            tensors, not live views); loading rounds them to nearest even. float64
+            parameters and ``lazy_sparse`` are refused. Optimizer-wide.
+        stochastic_rounding: write bfloat16 parameters (``master_weights=False``) rounded
+            stochastically instead of to nearest even (small updates are not lost). float16
+            parameters and ``lazy_sparse`` are refused. Optimizer-wide.
+        seed: the key of the stochastic rounding's random bits (int in ``[0, 2**63)``,
+            default 0; with each tensor's step count and element offset): deterministic
+            runs, bitwise resume (same seed). Optimizer-wide.
         max_grad_norm: clip the gradients of all parameters to this global L2 norm, fused
             into the step (scale ``max_grad_norm / max(norm, max_grad_norm)``, computed on the
             device; ``param.grad`` is not modified). ``grad_norm`` then holds the norm of the
@@ -191,7 +216,9 @@ class Adam(Optimizer):
                  maximize: bool = False, capturable: bool = False,
                  differentiable: bool = False, fused: bool | None = None,
                  decoupled_weight_decay: bool = False, master_weights: bool = False,
-                 max_grad_norm: float | None = None, lazy_sparse: bool = False) -> None:
+                 max_grad_norm: float | None = None, lazy_sparse: bool = False,
+                 master_weight_format: str = "fp32", moment_dtype: torch.dtype = torch.float32,
+                 stochastic_rounding: bool = False, seed: int = 0) -> None:
         for value, name in ((amsgrad, "amsgrad"), (maximize, "maximize"),
                             (capturable, "capturable"), (differentiable, "differentiable"),
                             (decoupled_weight_decay, "decoupled_weight_decay"),
@@ -205,6 +232,21 @@ class Adam(Optimizer):
                              "parameters in place, outside autograd")
         if fused and foreach:
             raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+        if not isinstance(master_weight_format, str) or master_weight_format not in MASTER_FORMATS:
+            raise ValueError(f"master_weight_format must be one of {MASTER_FORMATS}, got "
+                             f"{master_weight_format!r}")
+        if master_weight_format == "remainder" and not master_weights:
+            raise ValueError("master_weight_format='remainder' is a way to keep master weights: "
+                             "it needs master_weights=True")
+        check_rounding_options(moment_dtype, stochastic_rounding, seed, master_weights)
+        if lazy_sparse and (moment_dtype != torch.float32 or stochastic_rounding):
+            # The sparse-row kernel (kernels/lazy.py) has no stochastic rounding yet.
+            raise ValueError("lazy_sparse=True does not support moment_dtype=torch.bfloat16 "
+                             "or stochastic_rounding=True yet")
+        self._moment_dtype = moment_dtype
+        self._stochastic_rounding = stochastic_rounding
+        self._seed = seed
+        self._master_weight_format = master_weight_format
         self._max_grad_norm = _check_max_grad_norm(max_grad_norm)
         self._master_weights = master_weights
         self._lazy_sparse = lazy_sparse
@@ -236,7 +278,9 @@ class Adam(Optimizer):
                               master_weights=master_weights, multi_tensor=True,
                               label_of=self._label, capturable=capturable,
                               lr_slots=len(self.param_groups), device_lr=True,
-                              bias_from_step=True)
+                              bias_from_step=True, master_format=master_weight_format,
+                              moment_dtype=moment_dtype,
+                              stochastic_rounding=stochastic_rounding, seed=seed)
         self._seen = [self._raw(group) for group in self.param_groups]
         self._lr_written: list[float | None] = [None] * len(self.param_groups)
         self.state = TS.StateView(lambda p: self._index_of.get(id(p)), lambda: len(self._params),
@@ -297,8 +341,11 @@ class Adam(Optimizer):
             if not isinstance(group.get(key, False), bool):
                 raise TypeError(f"{where}[{key!r}] must be a bool, got "
                                 f"{type(group.get(key)).__name__}")
-        own = {"master_weights": self._master_weights, "max_grad_norm": self._max_grad_norm,
-               "lazy_sparse": self._lazy_sparse}
+        own = {"master_weights": self._master_weights,
+               "master_weight_format": self._master_weight_format,
+               "max_grad_norm": self._max_grad_norm,
+               "lazy_sparse": self._lazy_sparse, "moment_dtype": self._moment_dtype,
+               "stochastic_rounding": self._stochastic_rounding, "seed": self._seed}
         for key in _OPTIMIZER_WIDE:
             if key in group and group[key] != own[key]:
                 raise ValueError(
@@ -551,6 +598,12 @@ class Adam(Optimizer):
         return self._master_weights
 
     @property
+    def master_weight_format(self) -> str:
+        """``"fp32"`` or ``"remainder"``: how master weights are kept (fixed at
+        construction)."""
+        return self._master_weight_format
+
+    @property
     def lazy_sparse(self) -> bool:
         """Whether a sparse gradient updates only its rows (fixed at construction)."""
         return self._lazy_sparse
@@ -607,7 +660,9 @@ class Adam(Optimizer):
         ["master"]}}, "param_groups": [{options..., "params": [indices]}]}``.
 
         The moments and master weights are live views of the state (as torch returns its
-        live state tensors); the steps are copies. ``torch.optim.Adam``/``AdamW`` load it
+        live state tensors); the steps are copies. With ``master_weight_format="remainder"``
+        the masters are float32 tensors rebuilt from the parameters and their remainders
+        (copies: later steps do not change them). ``torch.optim.Adam``/``AdamW`` load it
         (they ignore ``master``). State-dict hooks registered with torch's
         ``register_state_dict_pre_hook``/``post_hook`` run as in torch."""
         for pre_hook in self._optimizer_state_dict_pre_hooks.values():
@@ -729,9 +784,14 @@ class AdamW(Adam):
                  foreach: bool | None = None, capturable: bool = False,
                  differentiable: bool = False, fused: bool | None = None,
                  master_weights: bool = False, max_grad_norm: float | None = None,
-                 lazy_sparse: bool = False) -> None:
+                 lazy_sparse: bool = False, master_weight_format: str = "fp32",
+                 moment_dtype: torch.dtype = torch.float32, stochastic_rounding: bool = False,
+                 seed: int = 0) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
                          maximize=maximize, capturable=capturable,
                          differentiable=differentiable, fused=fused,
                          decoupled_weight_decay=True, master_weights=master_weights,
-                         max_grad_norm=max_grad_norm, lazy_sparse=lazy_sparse)
+                         max_grad_norm=max_grad_norm, lazy_sparse=lazy_sparse,
+                         master_weight_format=master_weight_format,
+                         moment_dtype=moment_dtype, stochastic_rounding=stochastic_rounding,
+                         seed=seed)

@@ -23,7 +23,8 @@ import torch
 
 from triton_adam import state as _state
 from triton_adam.clip import ClipGradBase, ClipGradByNorm, ClipGradByValue
-from triton_adam.engine import Engine, NormClip, ParamConfig, ValueClip, zero_in_place
+from triton_adam.engine import (MASTER_FORMATS, Engine, NormClip, ParamConfig, ValueClip,
+                                check_rounding_options, zero_in_place)
 from triton_adam.lr import LRScheduler, watch_lr
 from triton_adam.param_attr import (param_lr_scale, param_name, param_need_clip,
                                     param_regularizer)
@@ -79,6 +80,16 @@ def _check_beta(value: float | torch.Tensor, name: str) -> None:
         raise ValueError(f"Invalid value of {name}, expect {name} in [0,1).")
 
 
+def _check_master_weight_format(value: object, multi_precision: object) -> None:
+    """``master_weight_format``: ``"fp32"`` or ``"remainder"``, the latter only with master
+    weights (``multi_precision=True``)."""
+    if not isinstance(value, str) or value not in MASTER_FORMATS:
+        raise ValueError(f"master_weight_format must be one of {MASTER_FORMATS}, got {value!r}")
+    if value == "remainder" and not multi_precision:
+        raise ValueError("master_weight_format='remainder' is a way to keep master weights: "
+                         "it needs multi_precision=True")
+
+
 class _AdamBase:
     """Shared machinery of ``Adam`` and ``AdamW``; subclasses decide how decay applies."""
 
@@ -87,9 +98,18 @@ class _AdamBase:
                  parameters: Iterable | None, grad_clip: object | None,
                  lazy_mode: bool, multi_precision: bool, use_multi_tensor: bool,
                  name: str | None, amsgrad: bool, capturable: bool = False,
-                 per_tensor_launches: bool = False) -> None:
+                 per_tensor_launches: bool = False,
+                 master_weight_format: str = "fp32",
+                 moment_dtype: torch.dtype = torch.float32, stochastic_rounding: bool = False,
+                 seed: int = 0) -> None:
         for value, arg in ((beta1, "beta1"), (beta2, "beta2"), (epsilon, "epsilon")):
             _check_beta(value, arg)
+        _check_master_weight_format(master_weight_format, multi_precision)
+        check_rounding_options(moment_dtype, stochastic_rounding, seed, bool(multi_precision))
+        if lazy_mode and (moment_dtype != torch.float32 or stochastic_rounding):
+            # The sparse-row kernel (kernels/lazy.py) has no stochastic rounding yet.
+            raise ValueError("lazy_mode=True does not support moment_dtype=torch.bfloat16 or "
+                             "stochastic_rounding=True yet")
         groups, group_mode = parse_parameters(parameters)
         if isinstance(learning_rate, bool) or not isinstance(learning_rate,
                                                              (float, LRScheduler)):
@@ -122,6 +142,7 @@ class _AdamBase:
         self._epsilon = epsilon
         self._lazy_mode = bool(lazy_mode)
         self._multi_precision = bool(multi_precision)
+        self._master_weight_format = master_weight_format
         self._warned_low_precision = False
         self._use_multi_tensor = bool(use_multi_tensor)
         self._capturable = bool(capturable)
@@ -150,7 +171,9 @@ class _AdamBase:
                               master_weights=self._multi_precision,
                               multi_tensor=not self._per_tensor_launches,
                               label_of=lambda i: f"parameter '{self._param_name(i)}'",
-                              capturable=self._capturable)
+                              capturable=self._capturable, master_format=master_weight_format,
+                              moment_dtype=moment_dtype,
+                              stochastic_rounding=stochastic_rounding, seed=seed)
         if self._capturable:
             # The rate every step and replay reads, on the device from the start.
             self._engine.set_lr(self.get_lr())
@@ -256,8 +279,10 @@ class _AdamBase:
         Paddle's rules: attribute and group precedence, clipping per group)."""
         param = self._parameter_list[index]
         if param.dtype in LOW_PRECISION and not self._multi_precision \
-                and not self._warned_low_precision:
-            # Paddle's warning, once per optimizer (Paddle: once per parameter).
+                and not self._warned_low_precision and not (
+                    self._engine.stochastic_rounding and param.dtype == torch.bfloat16):
+            # Paddle's warning, once per optimizer (Paddle: once per parameter); not for
+            # stochastically rounded bf16 params, the extension that answers its concern.
             warnings.warn("Accumulating with FP16 or BF16 in optimizer can lead to poor "
                           "accuracy or slow convergence.Consider using "
                           "multi_precision=True option of the Adam optimizer.", stacklevel=5)
@@ -530,6 +555,34 @@ class Adam(_AdamBase):
         per_tensor_launches: (keyword only; not in Paddle) one kernel launch per parameter
             instead of one per bucket: the same results, about 100 us more host time per
             parameter; for profiling or tuning the update of single parameters.
+        master_weight_format: (keyword only; not in Paddle) how the master weights of
+            ``multi_precision`` are kept: ``"fp32"`` (default, float32 copies) or
+            ``"remainder"``: a bfloat16 parameter keeps only the low 16 bits of its float32
+            master beside it (int16), the parameter being the high half: 2 B less state and
+            traffic per parameter, masters, moments and pows bit-identical to ``"fp32"``.
+            The parameter is the master rounded to nearest with ties away from zero (``"fp32"``
+            rounds ties to even: a 16-bit remainder cannot rebuild every master beside a
+            ties-to-even parameter, see ``kernels/common.py``), so it differs by one bf16 ulp
+            where the master lies exactly halfway and ties-to-even rounds down. ``state_dict``
+            rebuilds float32 masters (Paddle's format; new tensors, not live views) and
+            ``set_state_dict`` splits them (writing the parameters, the masters' high
+            halves): checkpoints cross both ways with ``"fp32"`` and with Paddle. float16
+            parameters are refused (an fp16 value and 16 bits cannot hold every float32
+            master); ``multi_precision=True`` is required.
+        moment_dtype: (keyword only; not in Paddle) ``torch.float32`` (default) or
+            ``torch.bfloat16``: keep ``moment1``/``moment2``/``moment2_max`` in bf16 (4 B per
+            parameter instead of 8 or 12), computed in float32 and stored rounded
+            stochastically (unbiased). ``state_dict`` carries them as float32 (Paddle's
+            format; new tensors, not live views); loading rounds them to nearest even.
+            float64 parameters and ``lazy_mode`` are refused.
+        stochastic_rounding: (keyword only; not in Paddle) with ``multi_precision=False``,
+            write bfloat16 parameters rounded stochastically instead of to nearest even,
+            which drops every update below half a bf16 ulp (unbiased: a small update moves
+            the parameter in expectation). float16 parameters and ``lazy_mode`` are refused.
+        seed: (keyword only; not in Paddle) the key of the stochastic rounding's random bits
+            (an int in ``[0, 2**63)``, default 0): with each tensor's step count and each
+            element's offset it decides them, so runs are deterministic given the seed, and
+            a resumed run (same seed; the step count is in the state) continues bit for bit.
 
     ``step(grad_scale=None, found_inf=None)`` also takes AMP's device loss scale and overflow
     flag (``torch.amp.GradScaler`` passes them itself).
@@ -543,7 +596,10 @@ class Adam(_AdamBase):
                  grad_clip: object | None = None, lazy_mode: bool = False,
                  multi_precision: bool = False, use_multi_tensor: bool = False,
                  name: str | None = None, amsgrad: bool = False, *,
-                 capturable: bool = False, per_tensor_launches: bool = False) -> None:
+                 capturable: bool = False, per_tensor_launches: bool = False,
+                 master_weight_format: str = "fp32",
+                 moment_dtype: torch.dtype = torch.float32, stochastic_rounding: bool = False,
+                 seed: int = 0) -> None:
         if isinstance(weight_decay, bool) or not (
                 weight_decay is None or isinstance(weight_decay, (int, float,
                                                                   WeightDecayRegularizer))):
@@ -551,7 +607,8 @@ class Adam(_AdamBase):
                             f"{type(weight_decay).__name__}")
         super().__init__(learning_rate, beta1, beta2, epsilon, parameters, grad_clip,
                          lazy_mode, multi_precision, use_multi_tensor, name, amsgrad,
-                         capturable, per_tensor_launches)
+                         capturable, per_tensor_launches, master_weight_format,
+                         moment_dtype, stochastic_rounding, seed)
         self.regularization = (L2Decay(float(weight_decay))
                                if isinstance(weight_decay, (int, float)) else weight_decay)
 
@@ -593,8 +650,9 @@ class AdamW(_AdamBase):
             False are not decayed. Names: ``set_param_attr(name=...)``, else the
             ``named_parameters()`` name, else ``param_{index}``.
         use_multi_tensor: as in ``Adam`` (an extension: Paddle's AdamW has no such argument).
-        The other arguments (``capturable`` and ``per_tensor_launches`` included) are as in
-        ``Adam``.
+        The other arguments (``capturable``, ``per_tensor_launches``,
+        ``master_weight_format``, ``moment_dtype``, ``stochastic_rounding`` and ``seed``
+        included) are as in ``Adam``.
     """
 
     def __init__(self, learning_rate: float | LRScheduler = 0.001,
@@ -607,7 +665,10 @@ class AdamW(_AdamBase):
                  grad_clip: object | None = None, lazy_mode: bool = False,
                  multi_precision: bool = False, amsgrad: bool = False,
                  name: str | None = None, use_multi_tensor: bool = False, *,
-                 capturable: bool = False, per_tensor_launches: bool = False) -> None:
+                 capturable: bool = False, per_tensor_launches: bool = False,
+                 master_weight_format: str = "fp32",
+                 moment_dtype: torch.dtype = torch.float32, stochastic_rounding: bool = False,
+                 seed: int = 0) -> None:
         if isinstance(weight_decay, torch.Tensor):
             if weight_decay.numel() != 1 or weight_decay.device.type == "meta" \
                     or weight_decay.layout != torch.strided:
@@ -624,7 +685,8 @@ class AdamW(_AdamBase):
             raise TypeError("apply_decay_param_fun should be a callable f(name) -> bool")
         super().__init__(learning_rate, beta1, beta2, epsilon, parameters, grad_clip,
                          lazy_mode, multi_precision, use_multi_tensor, name, amsgrad,
-                         capturable, per_tensor_launches)
+                         capturable, per_tensor_launches, master_weight_format,
+                         moment_dtype, stochastic_rounding, seed)
         self._coeff = float(np.float32(weight_decay))
         self._lr_ratio_fn = lr_ratio
         self._apply_decay_param_fun = apply_decay_param_fun

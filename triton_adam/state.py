@@ -7,6 +7,15 @@ weights (fp16/bf16 with ``multi_precision``) has its accumulators under its mast
 ``f"{param_name}_fp32_master_0_{[opt_name_]}{acc}_0"``, and its master in
 ``state_dict['master_weights'][param_name]``. Parameter names: see ``Adam._param_name``.
 
+Not Paddle's, and only in an optimizer that rounds stochastically (``moment_dtype=
+torch.bfloat16`` or ``stochastic_rounding=True``): ``f"{prefix}_step_0"``, a ``[1]`` tensor of
+the compute dtype, each parameter's count of applied steps, which keys its random stream, so a
+resumed run draws the bits the uninterrupted one would. Paddle ignores these keys; a dict
+without them (Paddle's, or from a mode without random bits) loads with the counts at 0. bf16
+moments are exported as float32 and rounded to nearest even on load; remainder-format master
+weights (``master_weight_format="remainder"``) are exported as the float32 masters they stand
+for and split again on load, so the files are Paddle's either way.
+
 Paddle 3.3.1, as read in ``paddle/optimizer/optimizer.py`` and confirmed by running it:
 
 * the trailing ``N`` is ``unique_name.generate``'s per-process counter: ``0`` for the first
@@ -104,6 +113,10 @@ MOMENT2 = "moment2"
 MOMENT2_MAX = "moment2_max"
 BETA1_POW = "beta1_pow_acc"
 BETA2_POW = "beta2_pow_acc"
+# Not Paddle's: each parameter's count of applied steps, in the dict only when the optimizer
+# draws random bits (``moment_dtype=torch.bfloat16`` or ``stochastic_rounding``), whose stream
+# is keyed by it (``triton_adam.engine``); Paddle ignores the extra key.
+STEP = "step"
 LR_SCHEDULER_KEY = "LR_Scheduler"
 MASTER_WEIGHTS_KEY = "master_weights"
 MASTER_SUFFIX = "_fp32_master_0"  # Paddle's master weight name: f"{param.name}_fp32_master_0"
@@ -113,14 +126,14 @@ _MOMENTS = (MOMENT1, MOMENT2, MOMENT2_MAX)
 _POWS = (BETA1_POW, BETA2_POW)
 # Paddle's accumulator names -> the engine's (triton_adam.engine.ACCUMULATORS).
 ENGINE_NAME = {MOMENT1: "exp_avg", MOMENT2: "exp_avg_sq", MOMENT2_MAX: "max_exp_avg_sq",
-               BETA1_POW: "beta1_pow", BETA2_POW: "beta2_pow"}
+               BETA1_POW: "beta1_pow", BETA2_POW: "beta2_pow", STEP: "step"}
 # A Paddle accumulator key: prefix, accumulator, counter. ``moment2`` must not swallow
 # ``moment2_max``: the counter is digits only, so the regex backtracks to the longer name.
 # The prefix is greedy, and no accumulator name ends another one after a ``_``, so the prefix
 # found is the one the key was built from (``a_moment1_0_moment1_0``: parameter
 # ``a_moment1_0``). DOTALL: a name may hold any character, a newline too.
-_ACC_KEY = re.compile(r"(.+)_(moment1|moment2|moment2_max|beta1_pow_acc|beta2_pow_acc)_(\d+)",
-                      re.DOTALL)
+_ACC_KEY = re.compile(
+    r"(.+)_(moment1|moment2|moment2_max|beta1_pow_acc|beta2_pow_acc|step)_(\d+)", re.DOTALL)
 _MASTER_IN_PREFIX = re.compile(r"_fp32_master_\d+\Z")
 # LR_Scheduler dicts nest (LinearWarmup holds its inner scheduler's); deeper is not a state.
 _SCHEDULER_DEPTH = 16
@@ -198,8 +211,15 @@ def _prefix(layout: Layout, name: str, master: bool) -> str:
 
 
 def _accs(layout: Layout) -> tuple[str, ...]:
+    """The accumulators every parameter with state has in the dict, in Paddle's order."""
     moments = _MOMENTS if layout.engine.amsgrad else _MOMENTS[:2]
     return moments + _POWS
+
+
+def _writes_step(layout: Layout) -> bool:
+    """Whether the dict carries the step counts: only where they key a random stream (they
+    are not Paddle's, and nothing else here reads them)."""
+    return layout.engine.draws_random_bits
 
 
 # ------------------------------------------------------------------------------ export
@@ -221,6 +241,10 @@ def state_dict(layout: Layout) -> dict[str, Any]:
             key = f"{_prefix(layout, names[index], 'master' in state)}_{acc}_0"
             value = state[ENGINE_NAME[acc]]
             out[key] = value.clone() if acc in _POWS else value
+    if _writes_step(layout):
+        for index, state in states.items():
+            out[f"{_prefix(layout, names[index], 'master' in state)}_{STEP}_0"] = \
+                state["step"].clone()  # a slot of the alternating pows, as they are
     masters = {names[i]: state["master"] for i, state in states.items() if "master" in state}
     if masters:
         out[MASTER_WEIGHTS_KEY] = masters
@@ -387,6 +411,19 @@ def _check_scheduler_values(state: dict, where: str, depth: int = 0) -> None:
                                      "scheduler's state holds numbers")
 
 
+def _check_steps(steps: list[_Value]) -> None:
+    """Step counts must be whole numbers in ``[0, 2^24]`` (exact in float32): they key the
+    random stream. One read for all of them (a load is not on the step path)."""
+    if not steps:
+        return
+    values = torch.cat([_to_tensor(v.value).reshape(1).to("cpu", torch.float64)
+                        for v in steps])
+    for v, x in zip(steps, values.tolist()):
+        if not (math.isfinite(x) and x == int(x) and 0 <= x <= 2 ** 24):
+            raise StateDictError(f"state_dict[{v.key!r}] (step count) is {x}, expected a "
+                                 "whole number in [0, 2**24]")
+
+
 def _plan(layout: Layout, state: dict) -> tuple[list[_Load], object]:
     """Check ``state`` against the optimizer without changing anything: what to write, and
     the scheduler state to restore (None if none)."""
@@ -428,6 +465,16 @@ def _plan(layout: Layout, state: dict) -> tuple[list[_Load], object]:
                     "ambiguous")
             taken[key] = i
             found[acc] = key
+        if found:
+            # The optional step count (``STEP``): taken (not foreign) whatever the mode,
+            # loaded only where it keys a random stream.
+            key = _pick(state, f"{prefix}_{STEP}_0", index.get((name, STEP, master), []),
+                        bases[i], all_bases)
+            if key is not None and key not in taken:
+                taken[key] = i
+                used.add(key)
+                if engine.draws_random_bits:
+                    found[STEP] = key
         has_state = engine.has_state(i)
         what = f"parameter {name!r}"
         if not found:
@@ -456,9 +503,10 @@ def _plan(layout: Layout, state: dict) -> tuple[list[_Load], object]:
                  "sharded run")
         values = {}
         for acc, key in found.items():
-            expected = (1,) if acc in _POWS else shape
+            scalar = acc in _POWS or acc == STEP
+            expected = (1,) if scalar else shape
             values[acc] = _check(key, state[key], expected, compute,
-                                 f"{acc} of {what}{'' if acc in _POWS else shard}")
+                                 f"{acc} of {what}{'' if scalar else shard}")
             used.add(key)
         master_value = None
         if master:
@@ -471,6 +519,7 @@ def _plan(layout: Layout, state: dict) -> tuple[list[_Load], object]:
                                   torch.float32, f"master weight of {what}")
         loads.append(_Load(i, values, master_value))
 
+    _check_steps([load.values[STEP] for load in loads if STEP in load.values])
     if absent:
         foreign = sorted(k for k in every if k not in used)
         if foreign:
@@ -565,6 +614,11 @@ def set_state_dict(layout: Layout, state_dict: dict) -> None:
     for load in loads:
         values[load.index] = {ENGINE_NAME[acc]: _to_tensor(v.value)
                               for acc, v in load.values.items()}
+        if layout.engine.draws_random_bits and STEP not in load.values:
+            # A dict without step counts (Paddle's, or a mode without random bits): the
+            # stream starts again at step 0, whatever this optimizer's count was.
+            values[load.index]["step"] = torch.zeros(1, dtype=layout.engine.state_dtype(
+                load.index))
         if load.master is not None and layout.engine.has_master(load.index):
             values[load.index]["master"] = _to_tensor(load.master.value)
     try:
