@@ -37,8 +37,9 @@ Design notes, for the issues that build on this kernel:
   table's) are computed in fp32 and stored rounded stochastically, and ``STOCHASTIC_ROUNDING``
   writes a bf16 param (no master) the same way (``kernels/common.py``: ``philox_bits``,
   ``round_stochastic_bf16``). The random bits are keyed by the launch's ``rng_seed``, the
-  tensor's step count (its pow slot's ``POW_STEP``, read on the device) and the element's
-  offset within its tensor: the dense and the multi-tensor kernels draw the same bits.
+  tensor's step count (its pow slot's ``POW_STEP``, read on the device), its stream and the
+  element's offset within the whole tensor (``rng_stream``, ``rng_offset``: arguments of the
+  dense kernel, table columns of the multi-tensor one): both kernels draw the same bits.
 * Boundaries: this module holds the dense and multi-tensor kernels and their launchers. The
   math, the gradient transform and the pow advance are ``kernels/update.py``'s (shared with
   the sparse-row kernel), the table layouts, dtype maps and IEEE helpers
@@ -134,7 +135,8 @@ __all__ = [
     "BLOCK_SIZE", "NUM_WARPS", "CHUNK_SIZE", "FP_FUSION", "LOW_PRECISION", "HYPER_LR_SCALE",
     "HYPER_BETA1", "HYPER_BETA2", "HYPER_EPS", "HYPER_L2", "HYPER_L1", "HYPER_WD",
     "HYPER_CLIP_MIN", "HYPER_CLIP_MAX", "HYPER_SIGN", "HYPER_LR_INDEX", "HYPER_WIDTH",
-    "POW_BETA1", "POW_BETA2", "POW_STEP", "POW_SLOT_WIDTH", "TABLE_WIDTH", "COL_PARAM_ADDR", "COL_GRAD_ADDR", "COL_NUMEL",
+    "POW_BETA1", "POW_BETA2", "POW_STEP", "POW_SLOT_WIDTH", "TABLE_WIDTH", "COL_PARAM_ADDR",
+    "COL_GRAD_ADDR", "COL_NUMEL",
     "COL_STATE_OFFSET", "COL_ACTIVE", "COL_CLIP_INDEX", "COL_RNG_STREAM", "COL_RNG_OFFSET",
     "STATE_ALIGN",
 ]
@@ -526,14 +528,22 @@ def _check_moment_dtype(moment_dtype: torch.dtype, cdtype: torch.dtype) -> None:
            "(bf16 moments need float32 compute: float32, bfloat16 or float16 params)")
 
 
+def _is_int(value: object, limit: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < limit
+
+
 def _check_rounding(stochastic_rounding: bool, param_dtype: torch.dtype,
-                    master: torch.Tensor | None, seed: object) -> None:
-    """Stochastic rounding writes bf16 params without masters; seeds are in range."""
+                    master: torch.Tensor | None, seed: object, rng_stream: object = 0,
+                    rng_offset: object = 0) -> None:
+    """Stochastic rounding writes bf16 params without masters; the random stream's ints
+    (seed, and a per-tensor launch's stream and offset) are in range."""
     _check(not stochastic_rounding or (param_dtype == torch.bfloat16 and master is None),
            lambda: "stochastic_rounding writes bfloat16 params without master weights, got "
            f"{param_dtype} params{' with master weights' if master is not None else ''}")
-    _check(isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < SEED_LIMIT,
-           lambda: f"seed must be an int in [0, 2**63), got {seed!r}")
+    _check(_is_int(seed, SEED_LIMIT), lambda: f"seed must be an int in [0, 2**63), got {seed!r}")
+    _check(_is_int(rng_stream, 2 ** 32) and _is_int(rng_offset, 2 ** 62), lambda:
+           f"rng_stream must be an int in [0, 2**32) and rng_offset one in [0, 2**62), got "
+           f"{rng_stream!r} and {rng_offset!r}")
 
 
 def _check_grad_dtype(param_dtype: torch.dtype, grad_dtype: torch.dtype) -> None:
@@ -642,11 +652,7 @@ def adam_update_(
         _check(t.is_contiguous(), lambda: f"{name} is not contiguous")
     moment_dtype = exp_avg.dtype
     _check_moment_dtype(moment_dtype, cdtype)
-    _check_rounding(stochastic_rounding, param.dtype, master, seed)
-    _check(all(isinstance(v, int) and not isinstance(v, bool) for v in (rng_stream, rng_offset))
-           and 0 <= rng_stream < 2 ** 32 and 0 <= rng_offset < 2 ** 62, lambda:
-           f"rng_stream must be an int in [0, 2**32) and rng_offset one in [0, 2**62), got "
-           f"{rng_stream!r} and {rng_offset!r}")
+    _check_rounding(stochastic_rounding, param.dtype, master, seed, rng_stream, rng_offset)
     for name, t in states:
         expected = moment_dtype if name in _MOMENT_NAMES else cdtype
         _check(t.dtype == expected, lambda: f"{name} dtype {t.dtype} != {expected} (the "

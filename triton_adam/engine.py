@@ -63,8 +63,8 @@ from triton_adam.clip_plan import DeviceClipper
 from triton_adam.kernels import adam as K
 from triton_adam.kernels import norm as N
 
-__all__ = ["ACCUMULATORS", "MASTER_FORMATS", "MOMENT_DTYPES", "Engine", "NormClip", "ParamConfig", "ValueClip",
-           "check_rounding_options", "zero_in_place"]
+__all__ = ["ACCUMULATORS", "MASTER_FORMATS", "MOMENT_DTYPES", "Engine", "NormClip", "ParamConfig",
+           "ValueClip", "check_storage_options", "zero_in_place"]
 
 # How master weights are kept (see the module docstring).
 MASTER_FORMATS = ("fp32", "remainder")
@@ -72,10 +72,19 @@ MASTER_FORMATS = ("fp32", "remainder")
 MOMENT_DTYPES = (torch.float32, torch.bfloat16)
 
 
-def check_rounding_options(moment_dtype: object, stochastic_rounding: object, seed: object,
-                           master_weights: object) -> None:
-    """``moment_dtype``, ``stochastic_rounding`` and ``seed`` as every front end takes them
-    (raises ValueError / TypeError; changes nothing)."""
+def check_storage_options(*, master_format: object, master_weights: bool, moment_dtype: object,
+                          stochastic_rounding: object, seed: object, lazy: bool = False,
+                          master_flag: str = "master_weights=True",
+                          lazy_flag: str = "lazy_sparse=True") -> None:
+    """``master_weight_format``, ``moment_dtype``, ``stochastic_rounding`` and ``seed`` as
+    every front end takes them, with its master-weight and lazy switches (``master_flag`` and
+    ``lazy_flag`` name them in the messages); raises ValueError / TypeError, changes nothing."""
+    if not isinstance(master_format, str) or master_format not in MASTER_FORMATS:
+        raise ValueError(f"master_weight_format must be one of {MASTER_FORMATS}, got "
+                         f"{master_format!r}")
+    if master_format == "remainder" and not master_weights:
+        raise ValueError("master_weight_format='remainder' is a way to keep master weights: "
+                         f"it needs {master_flag}")
     if moment_dtype not in MOMENT_DTYPES:
         raise ValueError(f"moment_dtype must be torch.float32 or torch.bfloat16, got "
                          f"{moment_dtype!r}")
@@ -88,6 +97,11 @@ def check_rounding_options(moment_dtype: object, stochastic_rounding: object, se
                          "of the master (turn one of them off)")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < K.SEED_LIMIT:
         raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
+    if lazy and (moment_dtype != torch.float32 or stochastic_rounding):
+        # The sparse-row kernel (kernels/lazy.py) has no stochastic rounding yet.
+        raise ValueError(f"{lazy_flag} does not support moment_dtype=torch.bfloat16 or "
+                         "stochastic_rounding=True yet")
+
 
 # The engine's names of a parameter's state: the moments (``max_exp_avg_sq`` with amsgrad),
 # fp32 master weights (fp16/bf16 parameters with master weights), and the bias-correction
@@ -204,10 +218,9 @@ class Engine:
                  bias_from_step: bool = False, master_format: str = "fp32",
                  moment_dtype: torch.dtype = torch.float32, stochastic_rounding: bool = False,
                  seed: int = 0) -> None:
-        if not isinstance(master_format, str) or master_format not in MASTER_FORMATS:
-            raise ValueError(f"master_format must be one of {MASTER_FORMATS}, got "
-                             f"{master_format!r}")
-        check_rounding_options(moment_dtype, stochastic_rounding, seed, master_weights)
+        check_storage_options(master_format=master_format, master_weights=master_weights,
+                              moment_dtype=moment_dtype,
+                              stochastic_rounding=stochastic_rounding, seed=seed)
         self.master_format = master_format
         self.moment_dtype = moment_dtype
         self.stochastic_rounding = stochastic_rounding

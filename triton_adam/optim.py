@@ -67,8 +67,8 @@ from torch.optim import Optimizer
 
 from triton_adam import dtensor as D
 from triton_adam import torch_state as TS
-from triton_adam.engine import (MASTER_FORMATS, Engine, NormClip, ParamConfig,
-                                check_rounding_options, zero_in_place)
+from triton_adam.engine import (Engine, NormClip, ParamConfig, check_storage_options,
+                                zero_in_place)
 
 __all__ = ["Adam", "AdamW"]
 
@@ -232,17 +232,10 @@ class Adam(Optimizer):
                              "parameters in place, outside autograd")
         if fused and foreach:
             raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
-        if not isinstance(master_weight_format, str) or master_weight_format not in MASTER_FORMATS:
-            raise ValueError(f"master_weight_format must be one of {MASTER_FORMATS}, got "
-                             f"{master_weight_format!r}")
-        if master_weight_format == "remainder" and not master_weights:
-            raise ValueError("master_weight_format='remainder' is a way to keep master weights: "
-                             "it needs master_weights=True")
-        check_rounding_options(moment_dtype, stochastic_rounding, seed, master_weights)
-        if lazy_sparse and (moment_dtype != torch.float32 or stochastic_rounding):
-            # The sparse-row kernel (kernels/lazy.py) has no stochastic rounding yet.
-            raise ValueError("lazy_sparse=True does not support moment_dtype=torch.bfloat16 "
-                             "or stochastic_rounding=True yet")
+        check_storage_options(master_format=master_weight_format, master_weights=master_weights,
+                              moment_dtype=moment_dtype,
+                              stochastic_rounding=stochastic_rounding, seed=seed,
+                              lazy=lazy_sparse)
         self._moment_dtype = moment_dtype
         self._stochastic_rounding = stochastic_rounding
         self._seed = seed

@@ -23,8 +23,8 @@ import torch
 
 from triton_adam import state as _state
 from triton_adam.clip import ClipGradBase, ClipGradByNorm, ClipGradByValue
-from triton_adam.engine import (MASTER_FORMATS, Engine, NormClip, ParamConfig, ValueClip,
-                                check_rounding_options, zero_in_place)
+from triton_adam.engine import (Engine, NormClip, ParamConfig, ValueClip,
+                                check_storage_options, zero_in_place)
 from triton_adam.lr import LRScheduler, watch_lr
 from triton_adam.param_attr import (param_lr_scale, param_name, param_need_clip,
                                     param_regularizer)
@@ -80,16 +80,6 @@ def _check_beta(value: float | torch.Tensor, name: str) -> None:
         raise ValueError(f"Invalid value of {name}, expect {name} in [0,1).")
 
 
-def _check_master_weight_format(value: object, multi_precision: object) -> None:
-    """``master_weight_format``: ``"fp32"`` or ``"remainder"``, the latter only with master
-    weights (``multi_precision=True``)."""
-    if not isinstance(value, str) or value not in MASTER_FORMATS:
-        raise ValueError(f"master_weight_format must be one of {MASTER_FORMATS}, got {value!r}")
-    if value == "remainder" and not multi_precision:
-        raise ValueError("master_weight_format='remainder' is a way to keep master weights: "
-                         "it needs multi_precision=True")
-
-
 class _AdamBase:
     """Shared machinery of ``Adam`` and ``AdamW``; subclasses decide how decay applies."""
 
@@ -104,12 +94,11 @@ class _AdamBase:
                  seed: int = 0) -> None:
         for value, arg in ((beta1, "beta1"), (beta2, "beta2"), (epsilon, "epsilon")):
             _check_beta(value, arg)
-        _check_master_weight_format(master_weight_format, multi_precision)
-        check_rounding_options(moment_dtype, stochastic_rounding, seed, bool(multi_precision))
-        if lazy_mode and (moment_dtype != torch.float32 or stochastic_rounding):
-            # The sparse-row kernel (kernels/lazy.py) has no stochastic rounding yet.
-            raise ValueError("lazy_mode=True does not support moment_dtype=torch.bfloat16 or "
-                             "stochastic_rounding=True yet")
+        check_storage_options(master_format=master_weight_format,
+                              master_weights=bool(multi_precision), moment_dtype=moment_dtype,
+                              stochastic_rounding=stochastic_rounding, seed=seed,
+                              lazy=bool(lazy_mode), master_flag="multi_precision=True",
+                              lazy_flag="lazy_mode=True")
         groups, group_mode = parse_parameters(parameters)
         if isinstance(learning_rate, bool) or not isinstance(learning_rate,
                                                              (float, LRScheduler)):
